@@ -1,0 +1,763 @@
+"""The process-wide shared cross-encoder engine.
+
+One :class:`CrossEncoderEngine` per :class:`~crag_integrations.config.EngineConfig`, and one
+loaded model per (model, revision, device, dtype, trust_remote_code, local-files policy,
+cache directory): engines that differ only in windowing or batching settings share the
+weights. Every loaded model has exactly one owner thread that holds the model and its fast
+tokenizer (fast tokenizers are not safe to share across threads: "Already borrowed").
+Callers, sync or async, submit requests to that owner's queue and wait on a future; the
+owner drains every request waiting in the queue, tokenizes them, packs all their windows
+into length-sorted, token-budgeted batches, runs the forward passes and hands each caller
+its own results. Concurrent callers therefore share forward passes.
+
+Pipeline of one drain: pre-process (validate, tokenize, window) -> forward (pad, run) ->
+post-process (regroup windows, merge token probabilities) -> deliver.
+
+Example:
+    >>> from crag_integrations import get_engine
+    >>> engine = get_engine("cross-encoder/ms-marco-MiniLM-L6-v2")  # nothing loads yet
+    >>> scores = engine.score_pairs([("what causes rain?", "Water vapour condenses.")])
+    ... # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import inspect
+import logging
+import os
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from crag_integrations.config import EngineConfig
+from crag_integrations.errors import IncompatibleModelError, ModelUnavailableError
+from crag_integrations.types import HeadKind, ModelHead, SequenceScores, TokenScores
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["CrossEncoderEngine", "get_engine", "release_engines"]
+
+logger = logging.getLogger(__name__)
+
+Pair = tuple[str, str]
+_Task = Literal["sequence", "token"]
+
+_CPU_TOKEN_BUDGET = 16_384
+_ACCELERATOR_TOKEN_BUDGET = 131_072
+#: Upper bound on pairs coalesced into one drain, so one huge burst cannot starve the queue.
+_MAX_PAIRS_PER_DRAIN = 8_192
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass(frozen=True)
+class _LoadKey:
+    """The part of an EngineConfig that decides which weights are in memory."""
+
+    model: str
+    revision: str | None
+    device: str
+    dtype: str
+    trust_remote_code: bool
+    local_files_only: bool | None
+    cache_dir: str | None
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _resolve_dtype(dtype: str, device: str) -> str:
+    import torch
+
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if device.startswith("mps"):
+        return "float16"
+    return "float32"
+
+
+def _offline_from_env() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _unavailable_message(key: _LoadKey, exc: BaseException) -> str:
+    looks_like_path = key.model.startswith(("/", "./", "../", "~")) or os.sep * 2 in key.model
+    if looks_like_path:
+        return (
+            f"Model directory {key.model!r} does not exist or is not a complete checkpoint "
+            f"(it needs config.json, the weights and the tokenizer files): {exc}"
+        )
+    offline = key.local_files_only or (key.local_files_only is None and _offline_from_env())
+    how = (
+        "Provide it in one of these ways: (1) on a machine with hub access run "
+        f"`hf download {key.model}"
+        + (f" --revision {key.revision}" if key.revision else "")
+        + "` and copy the Hugging Face cache (HF_HOME, by default ~/.cache/huggingface) "
+        "here; (2) pass the path of a local directory that holds config.json, the weights "
+        "and the tokenizer instead of the hub id"
+    )
+    if offline:
+        how += "; (3) or allow downloads by unsetting HF_HUB_OFFLINE / local_files_only"
+    state = "is not available offline" if offline else "could not be downloaded or found"
+    return f"Model {key.model!r} {state}. {how}. Underlying error: {exc}"
+
+
+def _read_head(config: Any, model_name: str) -> ModelHead:
+    architectures = list(getattr(config, "architectures", None) or [])
+    auto_map = dict(getattr(config, "auto_map", None) or {})
+    kind: HeadKind
+    if any(a.endswith("ForTokenClassification") for a in architectures) or (
+        "AutoModelForTokenClassification" in auto_map
+    ):
+        kind = "token"
+    elif any(a.endswith("ForSequenceClassification") for a in architectures) or (
+        "AutoModelForSequenceClassification" in auto_map
+    ):
+        kind = "sequence"
+    else:
+        raise IncompatibleModelError(
+            f"{model_name!r} declares architectures {architectures or 'none'} in config.json; "
+            "crag_integrations needs a *ForSequenceClassification checkpoint (reranker or "
+            "grader) or a *ForTokenClassification checkpoint (highlighter). A bi-encoder or "
+            "base model must be fine-tuned into a cross-encoder first (see docs/training.md)."
+        )
+    num_labels = int(getattr(config, "num_labels", 0) or 0)
+    raw = dict(getattr(config, "id2label", None) or {})
+    id2label = tuple(str(raw.get(i, raw.get(str(i), f"LABEL_{i}"))) for i in range(num_labels))
+    if not id2label:
+        raise IncompatibleModelError(f"{model_name!r} has a head with no labels")
+    return ModelHead(kind=kind, id2label=id2label)
+
+
+@dataclass
+class _Loaded:
+    model: Any
+    tokenizer: Any
+    head: ModelHead
+    device: torch.device
+    default_max_length: int
+    input_names: tuple[str, ...]
+    pad_token_id: int
+    special_tokens_in_pair: int
+
+
+def _load(key: _LoadKey) -> _Loaded:
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+    )
+
+    hub_kwargs: dict[str, Any] = {
+        "revision": key.revision,
+        "trust_remote_code": key.trust_remote_code,
+        "cache_dir": key.cache_dir,
+    }
+    if key.local_files_only is not None:
+        hub_kwargs["local_files_only"] = key.local_files_only
+    try:
+        config = AutoConfig.from_pretrained(key.model, **hub_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(key.model, use_fast=True, **hub_kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailableError(_unavailable_message(key, exc)) from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise IncompatibleModelError(
+            f"{key.model!r} has no fast (Rust) tokenizer; character offsets and windows need "
+            "one. Convert it with `AutoTokenizer.from_pretrained(..., from_slow=True)` and "
+            "save_pretrained, then load the saved directory."
+        )
+    head = _read_head(config, key.model)
+    auto_class = (
+        AutoModelForTokenClassification
+        if head.kind == "token"
+        else AutoModelForSequenceClassification
+    )
+    torch_dtype = getattr(torch, key.dtype)
+    model_kwargs = dict(hub_kwargs, dtype=torch_dtype)
+    try:
+        try:
+            model = auto_class.from_pretrained(
+                key.model, attn_implementation="sdpa", **model_kwargs
+            )
+        except (ValueError, ImportError) as exc:
+            # The architecture has no SDPA kernel (e.g. DeBERTa-v2): use its default attention.
+            logger.debug("SDPA unavailable for %s (%s); using default attention", key.model, exc)
+            model = auto_class.from_pretrained(key.model, **model_kwargs)
+    except OSError as exc:
+        raise ModelUnavailableError(_unavailable_message(key, exc)) from exc
+    device = torch.device(key.device)
+    model.to(device)
+    model.eval()
+
+    limits = [int(getattr(config, "max_position_embeddings", 0) or 0)]
+    if 0 < tokenizer.model_max_length < 1_000_000:
+        limits.append(int(tokenizer.model_max_length))
+    positive = [limit for limit in limits if limit > 0]
+    default_max_length = min(positive) if positive else 512
+
+    accepted = set(inspect.signature(model.forward).parameters)
+    input_names = tuple(
+        name
+        for name in ("input_ids", "attention_mask", "token_type_ids")
+        if name in accepted and (name != "token_type_ids" or name in tokenizer.model_input_names)
+    )
+    pad = tokenizer.pad_token_id
+    return _Loaded(
+        model=model,
+        tokenizer=tokenizer,
+        head=head,
+        device=device,
+        default_max_length=default_max_length,
+        input_names=input_names,
+        pad_token_id=int(pad) if pad is not None else 0,
+        special_tokens_in_pair=int(tokenizer.num_special_tokens_to_add(pair=True)),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Requests and windows
+
+
+@dataclass
+class _Request:
+    task: _Task
+    pairs: list[Pair]
+    max_length: int | None
+    stride: int
+    token_budget: int
+    future: Future[Any] = field(default_factory=Future)
+    failed: bool = False
+
+
+@dataclass
+class _Window:
+    request: int
+    pair: int
+    input_ids: list[int]
+    token_type_ids: list[int] | None
+    #: For token tasks: positions (in input_ids) and character offsets of the text's tokens.
+    text_positions: list[int] | None = None
+    text_offsets: list[tuple[int, int]] | None = None
+    output: Any = None
+
+
+def _encode_request(loaded: _Loaded, request: _Request) -> list[list[_Window]]:
+    """Tokenize a request's pairs into windows (one list of windows per pair)."""
+    tokenizer = loaded.tokenizer
+    max_length = request.max_length or loaded.default_max_length
+    want_offsets = request.task == "token"
+    windows: list[list[_Window]] = [[] for _ in request.pairs]
+
+    by_query: dict[str, list[int]] = {}
+    for index, (query, _text) in enumerate(request.pairs):
+        by_query.setdefault(query, []).append(index)
+    for query, indices in by_query.items():
+        query_tokens = len(tokenizer(query, add_special_tokens=False)["input_ids"])
+        room = max_length - query_tokens - loaded.special_tokens_in_pair
+        if room < 1:
+            raise ValueError(
+                f"The query is {query_tokens} tokens long, which leaves no room for the text "
+                f"within max_length={max_length}. Shorten the query or raise max_length."
+            )
+        # Windows must advance: at most half the text room may overlap.
+        stride = min(request.stride, room // 2)
+        texts = [request.pairs[i][1] for i in indices]
+        encoding = tokenizer(
+            [query] * len(texts),
+            texts,
+            truncation="only_second",
+            max_length=max_length,
+            stride=stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=want_offsets,
+            return_token_type_ids="token_type_ids" in loaded.input_names,
+            padding=False,
+        )
+        sample_map = encoding["overflow_to_sample_mapping"]
+        for row, sample in enumerate(sample_map):
+            pair_index = indices[sample]
+            window = _Window(
+                request=-1,
+                pair=pair_index,
+                input_ids=list(encoding["input_ids"][row]),
+                token_type_ids=(
+                    list(encoding["token_type_ids"][row])
+                    if "token_type_ids" in loaded.input_names
+                    else None
+                ),
+            )
+            if want_offsets:
+                sequence_ids = encoding.sequence_ids(row)
+                offsets = encoding["offset_mapping"][row]
+                positions = [p for p, s in enumerate(sequence_ids) if s == 1]
+                window.text_positions = positions
+                window.text_offsets = [(int(offsets[p][0]), int(offsets[p][1])) for p in positions]
+            windows[pair_index].append(window)
+    return windows
+
+
+def _pack_batches(windows: Sequence[_Window], token_budget: int) -> list[list[_Window]]:
+    """Sort windows longest first and pack them so batch_size x longest <= token_budget."""
+    ordered = sorted(windows, key=lambda w: len(w.input_ids), reverse=True)
+    batches: list[list[_Window]] = []
+    current: list[_Window] = []
+    for window in ordered:
+        longest = len(current[0].input_ids) if current else len(window.input_ids)
+        if current and (len(current) + 1) * longest > token_budget:
+            batches.append(current)
+            current = []
+        current.append(window)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _merge_token_windows(windows: Sequence[_Window]) -> TokenScores:
+    """Stitch overlapping windows of one text back into one token sequence (mean probs)."""
+    offsets: list[tuple[int, int]] = []
+    sums: list[list[float]] = []
+    counts: list[int] = []
+    for window in windows:
+        assert window.text_offsets is not None
+        probs: list[list[float]] = window.output
+        window_offsets = window.text_offsets
+        start = len(offsets)
+        if offsets and window_offsets:
+            # The window re-reads the tail of the previous one; find where it starts.
+            for candidate in range(max(0, len(offsets) - len(window_offsets)), len(offsets) + 1):
+                tail = offsets[candidate:]
+                if window_offsets[: len(tail)] == tail:
+                    start = candidate
+                    break
+            else:  # pragma: no cover - tokenizers always produce contiguous windows
+                raise RuntimeError("overlapping windows do not line up; please report this")
+        for position, (offset, prob) in enumerate(zip(window_offsets, probs, strict=True)):
+            index = start + position
+            if index < len(offsets):
+                sums[index] = [a + b for a, b in zip(sums[index], prob, strict=True)]
+                counts[index] += 1
+            else:
+                offsets.append(offset)
+                sums.append(list(prob))
+                counts.append(1)
+    probabilities = tuple(
+        tuple(value / count for value in total) for total, count in zip(sums, counts, strict=True)
+    )
+    return TokenScores(
+        offsets=tuple(offsets), probabilities=probabilities, num_windows=len(windows)
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The owner of one loaded model
+
+
+_STOP = object()
+
+
+class _ModelRunner:
+    """Owns one loaded model and tokenizer on one thread; requests in, results out."""
+
+    def __init__(self, key: _LoadKey) -> None:
+        self.key = key
+        self.load_count = 0
+        self.forward_passes = 0
+        self._loaded: _Loaded | None = None
+        self._load_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def loaded(self) -> _Loaded:
+        with self._load_lock:
+            if self._closed:
+                raise RuntimeError("this engine was released; call get_engine() again")
+            if self._loaded is None:
+                self._loaded = _load(self.key)
+                self.load_count += 1
+                self._thread = threading.Thread(
+                    target=self._serve, name=f"crag-engine:{self.key.model}", daemon=True
+                )
+                self._thread.start()
+            return self._loaded
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded is not None
+
+    def submit(self, request: _Request) -> Future[Any]:
+        _ = self.loaded  # load on first use, in the caller's thread, exactly once
+        self._queue.put(request)
+        return request.future
+
+    def close(self) -> None:
+        with self._load_lock:
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join(timeout=30)
+        while True:  # anything still queued gets a clear error instead of hanging
+            try:
+                leftover = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(leftover, _Request) and leftover.future.set_running_or_notify_cancel():
+                leftover.future.set_exception(RuntimeError("the engine was released"))
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None and loaded.device.type == "cuda":
+            import torch
+
+            del loaded
+            torch.cuda.empty_cache()
+
+    # -- owner thread ------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            requests = [first]
+            pairs = len(first.pairs)
+            stop_after = False
+            while pairs < _MAX_PAIRS_PER_DRAIN:
+                try:
+                    following = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if following is _STOP:
+                    stop_after = True
+                    break
+                requests.append(following)
+                pairs += len(following.pairs)
+            live = [r for r in requests if r.future.set_running_or_notify_cancel()]
+            if live:
+                try:
+                    self._process(live)
+                except BaseException as exc:  # never let the owner thread die silently
+                    for request in live:
+                        if not request.future.done():
+                            request.future.set_exception(exc)
+            if stop_after:
+                return
+
+    def _process(self, requests: list[_Request]) -> None:
+        loaded = self._loaded
+        assert loaded is not None
+        per_request: list[list[list[_Window]] | None] = []
+        all_windows: list[_Window] = []
+        for index, request in enumerate(requests):
+            try:
+                windows = _encode_request(loaded, request)
+            except Exception as exc:
+                request.failed = True
+                request.future.set_exception(exc)
+                per_request.append(None)
+                continue
+            per_request.append(windows)
+            for pair_windows in windows:
+                for window in pair_windows:
+                    window.request = index
+                    all_windows.append(window)
+
+        token_budget = min(r.token_budget for r in requests)
+        for batch in _pack_batches(all_windows, token_budget):
+            if all(requests[w.request].failed for w in batch):
+                continue
+            try:
+                self._forward(loaded, batch, requests[batch[0].request].task)
+            except Exception as exc:
+                for owner in {w.request for w in batch}:
+                    if not requests[owner].failed:
+                        requests[owner].failed = True
+                        requests[owner].future.set_exception(exc)
+
+        for request, request_windows in zip(requests, per_request, strict=True):
+            if request.failed or request_windows is None:
+                continue
+            results: list[Any]
+            if request.task == "sequence":
+                results = [
+                    SequenceScores(window_logits=tuple(w.output for w in pair_windows))
+                    for pair_windows in request_windows
+                ]
+            else:
+                results = [_merge_token_windows(pair_windows) for pair_windows in request_windows]
+            request.future.set_result(results)
+
+    def _forward(self, loaded: _Loaded, batch: list[_Window], task: _Task) -> None:
+        import torch
+
+        longest = max(len(w.input_ids) for w in batch)
+        input_ids = torch.full((len(batch), longest), loaded.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        token_type_ids = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, window in enumerate(batch):
+            length = len(window.input_ids)
+            input_ids[row, :length] = torch.tensor(window.input_ids, dtype=torch.long)
+            attention_mask[row, :length] = 1
+            if window.token_type_ids is not None:
+                token_type_ids[row, :length] = torch.tensor(window.token_type_ids, dtype=torch.long)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in loaded.input_names:
+            inputs["token_type_ids"] = token_type_ids
+        inputs = {name: tensor.to(loaded.device) for name, tensor in inputs.items()}
+        with torch.inference_mode():
+            logits = loaded.model(**inputs).logits.float()
+        self.forward_passes += 1
+        if task == "sequence":
+            for window, row in zip(batch, logits.cpu().tolist(), strict=True):
+                window.output = tuple(row)
+        else:
+            probabilities = torch.softmax(logits, dim=-1).cpu()
+            for row, window in enumerate(batch):
+                assert window.text_positions is not None
+                window.output = probabilities[row, window.text_positions].tolist()
+
+
+# --------------------------------------------------------------------------------------
+# Public engine
+
+
+class CrossEncoderEngine:
+    """A shared, batched cross-encoder. Get one with :func:`get_engine`, never construct it.
+
+    Sync verbs block the calling thread until the owner thread has scored the request;
+    async verbs (``a``-prefixed) await the same request without blocking the event loop.
+    Results come back in input order whatever order the batches ran in.
+    """
+
+    def __init__(self, config: EngineConfig, runner: _ModelRunner) -> None:
+        self.config = config
+        self._runner = runner
+
+    def __repr__(self) -> str:
+        state = "loaded" if self._runner.is_loaded else "not loaded"
+        return f"CrossEncoderEngine({self.config.model!r}, {state})"
+
+    # -- introspection -------------------------------------------------------------------
+
+    @property
+    def head(self) -> ModelHead:
+        """The checkpoint's head (loads the model on first access)."""
+        return self._runner.loaded.head
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per window (loads the model on first access)."""
+        return self.config.max_length or self._runner.loaded.default_max_length
+
+    @property
+    def device(self) -> str:
+        """The resolved torch device, e.g. ``"cpu"`` or ``"cuda"``."""
+        return self._runner.key.device
+
+    @property
+    def dtype(self) -> str:
+        """The resolved weight dtype, e.g. ``"float32"``."""
+        return self._runner.key.dtype
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the weights are in memory."""
+        return self._runner.is_loaded
+
+    @property
+    def load_count(self) -> int:
+        """How many times this engine's weights were loaded (1 after first use)."""
+        return self._runner.load_count
+
+    @property
+    def forward_passes(self) -> int:
+        """Forward passes run by the model behind this engine (shared with its twins)."""
+        return self._runner.forward_passes
+
+    def load(self) -> ModelHead:
+        """Load the weights now (otherwise the first call does) and return the head."""
+        return self.head
+
+    async def aload(self) -> ModelHead:
+        """Async :meth:`load`: loading runs in a worker thread, once."""
+        if self._runner.is_loaded:
+            return self.head
+        return await asyncio.to_thread(self.load)
+
+    # -- scoring -------------------------------------------------------------------------
+
+    def _request(
+        self, task: _Task, pairs: Sequence[Pair], max_length: int | None, stride: int | None
+    ) -> _Request:
+        head = self.head
+        if head.kind != task:
+            wanted = "sequence-classification" if task == "sequence" else "token-classification"
+            raise IncompatibleModelError(
+                f"{self.config.model!r} has a {head.kind}-classification head, but this call "
+                f"needs a {wanted} head."
+            )
+        return _Request(
+            task=task,
+            pairs=[(str(q), str(t)) for q, t in pairs],
+            max_length=max_length or self.config.max_length,
+            stride=self.config.stride if stride is None else stride,
+            token_budget=self.config.token_budget
+            or (_CPU_TOKEN_BUDGET if self.device == "cpu" else _ACCELERATOR_TOKEN_BUDGET),
+        )
+
+    def score_pairs(
+        self,
+        pairs: Sequence[Pair],
+        *,
+        max_length: int | None = None,
+        stride: int | None = None,
+    ) -> list[SequenceScores]:
+        """Raw sequence-head logits for each ``(query, text)`` pair, in input order.
+
+        Args:
+            pairs: ``(query, text)`` string pairs. Callers validate them (the roles do).
+            max_length: Tokens per window for this call (default: the engine's).
+            stride: Overlapping tokens between windows for this call (default: the engine's).
+
+        Returns:
+            One :class:`SequenceScores` per pair, with the logits of every window.
+        """
+        if not pairs:
+            return []
+        request = self._request("sequence", pairs, max_length, stride)
+        return list(self._runner.submit(request).result())
+
+    async def ascore_pairs(
+        self,
+        pairs: Sequence[Pair],
+        *,
+        max_length: int | None = None,
+        stride: int | None = None,
+    ) -> list[SequenceScores]:
+        """Async :meth:`score_pairs`; awaits the owner thread without blocking the loop."""
+        if not pairs:
+            return []
+        await self.aload()
+        request = self._request("sequence", pairs, max_length, stride)
+        return list(await asyncio.wrap_future(self._runner.submit(request)))
+
+    def token_scores(
+        self,
+        pairs: Sequence[Pair],
+        *,
+        max_length: int | None = None,
+        stride: int | None = None,
+    ) -> list[TokenScores]:
+        """Per-token label probabilities of each pair's text, in input order.
+
+        Offsets are character offsets into the text (the second element of each pair).
+        """
+        if not pairs:
+            return []
+        request = self._request("token", pairs, max_length, stride)
+        return list(self._runner.submit(request).result())
+
+    async def atoken_scores(
+        self,
+        pairs: Sequence[Pair],
+        *,
+        max_length: int | None = None,
+        stride: int | None = None,
+    ) -> list[TokenScores]:
+        """Async :meth:`token_scores`."""
+        if not pairs:
+            return []
+        await self.aload()
+        request = self._request("token", pairs, max_length, stride)
+        return list(await asyncio.wrap_future(self._runner.submit(request)))
+
+
+_REGISTRY_LOCK = threading.Lock()
+_ENGINES: dict[EngineConfig, CrossEncoderEngine] = {}
+_RUNNERS: dict[_LoadKey, _ModelRunner] = {}
+
+
+def get_engine(config: EngineConfig | str, **overrides: Any) -> CrossEncoderEngine:
+    """Return the process-wide engine for ``config``; nothing is loaded until first use.
+
+    Args:
+        config: An :class:`EngineConfig`, or a model id/path (then ``overrides`` are the
+            other ``EngineConfig`` fields).
+        **overrides: ``EngineConfig`` fields to replace.
+
+    Returns:
+        The same :class:`CrossEncoderEngine` object for equal configurations. Engines whose
+        configurations differ only in ``max_length``, ``stride`` or ``token_budget`` share
+        one loaded model.
+
+    Example:
+        >>> a = get_engine("cross-encoder/ms-marco-MiniLM-L6-v2", device="cpu")
+        >>> b = get_engine(EngineConfig(model="cross-encoder/ms-marco-MiniLM-L6-v2", device="cpu"))
+        >>> a is b
+        True
+    """
+    if isinstance(config, str):
+        config = EngineConfig(model=config, **overrides)
+    elif overrides:
+        config = replace(config, **overrides)
+    with _REGISTRY_LOCK:
+        engine = _ENGINES.get(config)
+        if engine is not None:
+            return engine
+        device = _resolve_device(config.device)
+        key = _LoadKey(
+            model=config.model,
+            revision=config.revision,
+            device=device,
+            dtype=_resolve_dtype(config.dtype, device),
+            trust_remote_code=config.trust_remote_code,
+            local_files_only=config.local_files_only,
+            cache_dir=config.cache_dir,
+        )
+        runner = _RUNNERS.get(key)
+        if runner is None:
+            runner = _RUNNERS[key] = _ModelRunner(key)
+        engine = _ENGINES[config] = CrossEncoderEngine(config, runner)
+        return engine
+
+
+def release_engines() -> int:
+    """Stop every engine's owner thread and free its weights; returns how many were freed.
+
+    Engines obtained earlier raise a clear error if used again; call :func:`get_engine`
+    for a fresh one (the roles and adapters do this for you on their next call).
+    """
+    with _REGISTRY_LOCK:
+        runners = list(_RUNNERS.values())
+        _RUNNERS.clear()
+        _ENGINES.clear()
+    loaded = 0
+    for runner in runners:
+        loaded += int(runner.is_loaded)
+        runner.close()
+    return loaded
+
+
+atexit.register(release_engines)

@@ -1,0 +1,193 @@
+"""Rerank, then grade and filter, then highlight and trim, in one call.
+
+Every stage is optional. Each input text ends up either in ``PipelineResult.kept`` (in
+final order) or in ``PipelineResult.dropped`` with the rule that dropped it; indices
+always point back into the caller's list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from crag_integrations.inputs import check_query, check_texts
+from crag_integrations.roles import EvidenceHighlighter, RelevanceGrader, Reranker
+from crag_integrations.scoring import select_top
+from crag_integrations.types import (
+    DroppedText,
+    Grade,
+    Highlight,
+    PipelineResult,
+    ProcessedText,
+    RankedText,
+)
+
+__all__ = ["NoEvidencePolicy", "RerankGradeTrimPipeline"]
+
+NoEvidencePolicy = Literal["keep", "drop"]
+
+
+@dataclass
+class _Draft:
+    """Mutable working state of one text while it moves through the stages."""
+
+    index: int
+    text: str
+    ranked: RankedText | None = None
+    grade: Grade | None = None
+    highlight: Highlight | None = None
+
+    def dropped(
+        self, reason: Literal["below_top_n", "below_score_threshold", "not_relevant", "no_evidence"]
+    ) -> DroppedText:
+        return DroppedText(
+            index=self.index,
+            text=self.text,
+            reason=reason,
+            ranked=self.ranked,
+            grade=self.grade,
+            highlight=self.highlight,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RerankGradeTrimPipeline:
+    """The three roles in sequence, over one query's retrieved texts.
+
+    1. ``reranker`` (optional): sort; drop texts below its ``score_threshold`` and beyond
+       its ``top_n``.
+    2. ``grader`` (optional): drop texts it grades not relevant.
+    3. ``highlighter`` (optional): replace each text by its evidence spans; texts with no
+       evidence are kept whole (``on_no_evidence="keep"``) or dropped (``"drop"``).
+
+    Args:
+        reranker: A :class:`Reranker`, or ``None`` to keep input order.
+        grader: A :class:`RelevanceGrader`, or ``None`` to skip filtering.
+        highlighter: An :class:`EvidenceHighlighter`, or ``None`` to keep texts whole.
+        on_no_evidence: What to do with a text in which the highlighter found nothing.
+
+    Example:
+        >>> pipeline = RerankGradeTrimPipeline(
+        ...     reranker=Reranker(model="cross-encoder/ms-marco-MiniLM-L6-v2", top_n=5),
+        ...     grader=RelevanceGrader(model="skshmjn/CRAG-ModernBert"),
+        ... )
+        >>> result = pipeline.run("what causes rain?", passages)  # doctest: +SKIP
+        >>> [item.index for item in result.kept]  # doctest: +SKIP
+        [3, 0]
+    """
+
+    reranker: Reranker | None = None
+    grader: RelevanceGrader | None = None
+    highlighter: EvidenceHighlighter | None = None
+    on_no_evidence: NoEvidencePolicy = "keep"
+
+    def __post_init__(self) -> None:
+        if self.on_no_evidence not in ("keep", "drop"):
+            raise ValueError(
+                f"on_no_evidence must be 'keep' or 'drop', not {self.on_no_evidence!r}"
+            )
+
+    # The three stages' decisions, shared by run() and arun().
+
+    def _after_rerank(
+        self, drafts: list[_Draft], ranked: list[RankedText] | None, dropped: list[DroppedText]
+    ) -> list[_Draft]:
+        if ranked is None or self.reranker is None:
+            return drafts
+        for draft, result in zip(drafts, ranked, strict=True):
+            draft.ranked = result
+        threshold = self.reranker.score_threshold
+        selected_indices = select_top(
+            [r.score for r in ranked], top_n=self.reranker.top_n, min_score=threshold
+        )
+        chosen = set(selected_indices)
+        for draft in drafts:
+            if draft.index not in chosen:
+                assert draft.ranked is not None
+                below = threshold is not None and draft.ranked.score < threshold
+                dropped.append(draft.dropped("below_score_threshold" if below else "below_top_n"))
+        by_index = {d.index: d for d in drafts}
+        return [by_index[i] for i in selected_indices]
+
+    @staticmethod
+    def _after_grade(
+        drafts: list[_Draft], grades: list[Grade] | None, dropped: list[DroppedText]
+    ) -> list[_Draft]:
+        if grades is None:
+            return drafts
+        kept = []
+        for draft, grade in zip(drafts, grades, strict=True):
+            draft.grade = replace(grade, index=draft.index)
+            if grade.relevant:
+                kept.append(draft)
+            else:
+                dropped.append(draft.dropped("not_relevant"))
+        return kept
+
+    def _finish(
+        self,
+        drafts: list[_Draft],
+        highlights: list[Highlight] | None,
+        dropped: list[DroppedText],
+    ) -> PipelineResult:
+        kept = []
+        for position, draft in enumerate(drafts):
+            output_text = draft.text
+            if highlights is not None:
+                highlight = replace(highlights[position], index=draft.index)
+                draft.highlight = highlight
+                if highlight.spans:
+                    output_text = highlight.trimmed_text
+                elif self.on_no_evidence == "drop":
+                    dropped.append(draft.dropped("no_evidence"))
+                    continue
+            kept.append(
+                ProcessedText(
+                    index=draft.index,
+                    text=draft.text,
+                    output_text=output_text,
+                    ranked=draft.ranked,
+                    grade=draft.grade,
+                    highlight=draft.highlight,
+                )
+            )
+        return PipelineResult(
+            kept=tuple(kept), dropped=tuple(sorted(dropped, key=lambda d: d.index))
+        )
+
+    @staticmethod
+    def _drafts(texts: Sequence[str]) -> list[_Draft]:
+        return [_Draft(index=i, text=t) for i, t in enumerate(texts)]
+
+    def run(self, query: str, texts: Sequence[str]) -> PipelineResult:
+        """Run the configured stages over ``texts``; see the class docstring."""
+        query, items = check_query(query), check_texts(texts)
+        dropped: list[DroppedText] = []
+        drafts = self._drafts(items)
+        if self.reranker is not None and drafts:
+            ranked = self.reranker.score_texts(query, items)
+            drafts = self._after_rerank(drafts, ranked, dropped)
+        if self.grader is not None and drafts:
+            grades = self.grader.grade(query, [d.text for d in drafts])
+            drafts = self._after_grade(drafts, grades, dropped)
+        highlights = None
+        if self.highlighter is not None and drafts:
+            highlights = self.highlighter.highlight(query, [d.text for d in drafts])
+        return self._finish(drafts, highlights, dropped)
+
+    async def arun(self, query: str, texts: Sequence[str]) -> PipelineResult:
+        """Async :meth:`run`."""
+        query, items = check_query(query), check_texts(texts)
+        dropped: list[DroppedText] = []
+        drafts = self._drafts(items)
+        if self.reranker is not None and drafts:
+            ranked = await self.reranker.ascore_texts(query, items)
+            drafts = self._after_rerank(drafts, ranked, dropped)
+        if self.grader is not None and drafts:
+            grades = await self.grader.agrade(query, [d.text for d in drafts])
+            drafts = self._after_grade(drafts, grades, dropped)
+        highlights = None
+        if self.highlighter is not None and drafts:
+            highlights = await self.highlighter.ahighlight(query, [d.text for d in drafts])
+        return self._finish(drafts, highlights, dropped)
