@@ -17,8 +17,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from crag_integrations import release_engines  # noqa: E402
-from crag_integrations.testing import save_tiny_checkpoint  # noqa: E402
+from crag_integrations import release_engines
+from crag_integrations.testing import save_tiny_checkpoint
 
 OSMOSIS = ("ADDR_DIRECT", "ADDR_PARTIAL", "NOADDR_ON", "NOADDR_TANGENTIAL", "NOADDR_OFF")
 

@@ -1,0 +1,496 @@
+"""Corrective RAG: the retrieval evaluator's three-way action and knowledge refinement.
+
+Follows *Corrective Retrieval Augmented Generation* (Yan et al., 2024):
+
+- **Action.** Every retrieved document gets a relevance score. The query's action is
+  ``"correct"`` if any document scores at or above ``upper``, ``"incorrect"`` if every
+  document scores below ``lower`` (or there are none), and ``"ambiguous"`` otherwise.
+- **Knowledge refinement** (decompose, then recompose). Documents are split into strips
+  (sentences, groups of sentences, or fixed word windows); every strip of every document is
+  scored against the query in one batched engine call; relevant strips are kept (by
+  ``threshold`` and/or the ``top_k`` best overall) and recomposed in their original order.
+
+Scores are relevance probabilities in ``[0, 1]``: the sigmoid of a one-logit reranker's
+logit, or a classifier's summed probability of its relevant labels (see
+:class:`~crag_integrations.roles.RelevanceGrader`). With a one-logit reranker you may set
+``scale="logit"`` to put the thresholds on raw logits instead, as the CRAG reference code
+did (upper 0.592 / lower -0.995 on its own T5 evaluator's logits for PopQA; those numbers
+do not transfer to other models). Calibrate on your own labelled pairs with
+:func:`calibrate_thresholds`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from crag_integrations.config import EngineConfig
+from crag_integrations.engine import CrossEncoderEngine, get_engine
+from crag_integrations.errors import IncompatibleModelError
+from crag_integrations.inputs import check_query, check_texts
+from crag_integrations.scoring import (
+    best_window,
+    relevance_probability,
+    relevant_label_mask,
+    select_top,
+    sentence_ranges,
+)
+from crag_integrations.types import SequenceScores, Span
+
+__all__ = [
+    "DEFAULT_LOWER",
+    "DEFAULT_UPPER",
+    "CragAction",
+    "CragEvaluation",
+    "CragEvaluator",
+    "KnowledgeRefiner",
+    "RefinedDocument",
+    "ScoreScale",
+    "StripMode",
+    "calibrate_thresholds",
+    "decide_action",
+    "document_actions",
+    "select_strips",
+    "split_strips",
+]
+
+CragAction = Literal["correct", "ambiguous", "incorrect"]
+ScoreScale = Literal["probability", "logit"]
+StripMode = Literal["sentences", "sentence_groups", "words"]
+
+#: Default upper threshold on the relevance probability: a document at least this likely
+#: relevant makes the retrieval "correct". A starting point, not a calibration.
+DEFAULT_UPPER = 0.6
+#: Default lower threshold: when every document is less likely relevant than this, the
+#: retrieval is "incorrect". A starting point, not a calibration.
+DEFAULT_LOWER = 0.2
+
+
+def decide_action(scores: Sequence[float], *, upper: float, lower: float) -> CragAction:
+    """The CRAG action for one query from its documents' relevance scores.
+
+    Example:
+        >>> decide_action([0.1, 0.7], upper=0.6, lower=0.2)
+        'correct'
+        >>> decide_action([0.1, 0.15], upper=0.6, lower=0.2)
+        'incorrect'
+        >>> decide_action([0.1, 0.4], upper=0.6, lower=0.2)
+        'ambiguous'
+        >>> decide_action([], upper=0.6, lower=0.2)
+        'incorrect'
+    """
+    if lower > upper:
+        raise ValueError(f"lower ({lower}) must not exceed upper ({upper})")
+    if any(score >= upper for score in scores):
+        return "correct"
+    if all(score < lower for score in scores):
+        return "incorrect"
+    return "ambiguous"
+
+
+def document_actions(
+    scores: Sequence[float], *, upper: float, lower: float
+) -> tuple[CragAction, ...]:
+    """Each document's own band: ``correct`` (>= upper), ``incorrect`` (< lower), else
+    ``ambiguous``."""
+    return tuple(decide_action([score], upper=upper, lower=lower) for score in scores)
+
+
+def calibrate_thresholds(
+    scores: Sequence[float],
+    labels: Sequence[bool],
+    *,
+    precision_at_upper: float = 0.9,
+    recall_above_lower: float = 0.95,
+) -> tuple[float, float]:
+    """Pick ``(upper, lower)`` from labelled (query, document) scores.
+
+    ``upper`` is the smallest score ``u`` such that the documents scoring ``>= u`` are
+    relevant with at least ``precision_at_upper`` precision (so "correct" is
+    trustworthy); tied scores are counted together. When no score reaches that
+    precision, ``upper`` is just above the highest score, so "correct" never fires on
+    data like this. ``lower`` is the largest score below which at most
+    ``1 - recall_above_lower`` of the relevant documents fall (so "incorrect" rarely
+    throws away relevant evidence). If ``lower`` would exceed ``upper`` it is clamped to
+    ``upper``. Use scores on the scale the evaluator will use (``probability`` or
+    ``logit``).
+
+    Args:
+        scores: One relevance score per labelled (query, document) pair.
+        labels: ``True`` where the document is relevant to its query.
+        precision_at_upper: Wanted precision of "correct" documents, in ``(0, 1]``.
+        recall_above_lower: Share of relevant documents that must score at or above
+            ``lower``, in ``(0, 1]``.
+
+    Returns:
+        ``(upper, lower)`` with ``lower <= upper``.
+
+    Raises:
+        ValueError: On empty or mismatched inputs, targets outside ``(0, 1]``, or labels
+            without a single relevant example.
+
+    Example:
+        >>> calibrate_thresholds([0.9, 0.8, 0.3, 0.2, 0.1], [True, True, False, True, False],
+        ...                      precision_at_upper=1.0, recall_above_lower=1.0)
+        (0.8, 0.2)
+    """
+    if len(scores) != len(labels) or not scores:
+        raise ValueError("scores and labels must be non-empty and of equal length")
+    if not (0.0 < precision_at_upper <= 1.0 and 0.0 < recall_above_lower <= 1.0):
+        raise ValueError("precision_at_upper and recall_above_lower must lie in (0, 1]")
+    if any(math.isnan(score) for score in scores):
+        raise ValueError("scores contain NaN")
+    if not any(labels):
+        raise ValueError("labels contain no relevant example; cannot calibrate")
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    upper = max(scores) + max(1e-9, abs(max(scores)) * 1e-9)
+    hits = 0
+    for rank, index in enumerate(order, start=1):
+        hits += bool(labels[index])
+        tie_continues = rank < len(order) and scores[order[rank]] == scores[index]
+        # Precision of "score >= s" counts every document tied at s, so only judge a
+        # threshold at the last member of its tie group.
+        if not tie_continues and hits / rank >= precision_at_upper:
+            upper = scores[index]
+    relevant_scores = sorted(s for s, label in zip(scores, labels, strict=True) if label)
+    allowed_misses = int((1.0 - recall_above_lower) * len(relevant_scores) + 1e-9)
+    lower = relevant_scores[allowed_misses]
+    return upper, min(lower, upper)
+
+
+# --------------------------------------------------------------------------------------
+# Scoring shared by the evaluator and the refiner
+
+
+def _check_head(engine: CrossEncoderEngine, scale: ScoreScale) -> None:
+    """Fail before any forward pass if the model cannot give CRAG scores on ``scale``."""
+    head = engine.head
+    if head.kind != "sequence":
+        raise IncompatibleModelError(
+            f"{engine.config.model!r} has a token-classification head; the CRAG evaluator "
+            "and refiner need a one-logit reranker or a sequence classifier (use "
+            "EvidenceHighlighter for token heads)."
+        )
+    if scale == "logit" and head.num_labels != 1:
+        raise ValueError(
+            f"scale='logit' needs a one-logit reranker; {engine.config.model!r} has "
+            f"{head.num_labels} labels, so use scale='probability'"
+        )
+
+
+def _scores(
+    engine: CrossEncoderEngine,
+    results: Sequence[SequenceScores],
+    scale: ScoreScale,
+    relevant_labels: tuple[str, ...] | None,
+) -> list[float]:
+    head = engine.head
+    if head.num_labels == 1:
+        logits = [r.window_logits[best_window(r.window_logits)] for r in results]
+        if scale == "logit":
+            return [w[0] for w in logits]
+        return [relevance_probability(w, None) for w in logits]
+    mask = relevant_label_mask(head.id2label, relevant_labels)
+    return [
+        relevance_probability(r.window_logits[best_window(r.window_logits, mask)], mask)
+        for r in results
+    ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Scorer:
+    model: str | EngineConfig
+    scale: ScoreScale = "probability"
+    relevant_labels: tuple[str, ...] | None = None
+
+    @property
+    def engine(self) -> CrossEncoderEngine:
+        """The process-wide shared engine (looked up on every call, never loaded here)."""
+        config = (
+            self.model if isinstance(self.model, EngineConfig) else EngineConfig(model=self.model)
+        )
+        return get_engine(config)
+
+    def _validate_scorer(self) -> None:
+        if not isinstance(self.model, (str, EngineConfig)):
+            raise TypeError("model must be a hub id, a local path or an EngineConfig")
+        if self.scale not in ("probability", "logit"):
+            raise ValueError(f"scale must be 'probability' or 'logit', not {self.scale!r}")
+        if self.relevant_labels is not None:
+            labels: object = self.relevant_labels
+            if isinstance(labels, str):
+                raise TypeError("relevant_labels must be a sequence of label names; wrap it")
+            object.__setattr__(self, "relevant_labels", tuple(self.relevant_labels))
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        """Relevance scores of ``texts`` on ``scale``, in input order, in one engine call."""
+        if not texts:
+            return []
+        engine = self.engine
+        _check_head(engine, self.scale)
+        results = engine.score_pairs([(query, t) for t in texts])
+        return _scores(engine, results, self.scale, self.relevant_labels)
+
+    async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
+        """Async :meth:`score`."""
+        if not texts:
+            return []
+        engine = self.engine
+        await engine.aload()
+        _check_head(engine, self.scale)
+        results = await engine.ascore_pairs([(query, t) for t in texts])
+        return _scores(engine, results, self.scale, self.relevant_labels)
+
+
+# --------------------------------------------------------------------------------------
+# Evaluator
+
+
+@dataclass(frozen=True, slots=True)
+class CragEvaluation:
+    """The evaluator's verdict for one query.
+
+    Attributes:
+        action: ``"correct"``, ``"ambiguous"`` or ``"incorrect"``.
+        scores: Each document's relevance score, in input order.
+        document_actions: Each document's own band (``correct`` >= upper, ``incorrect``
+            < lower, else ``ambiguous``), in input order.
+        upper: The upper threshold used.
+        lower: The lower threshold used.
+        scale: ``"probability"`` or ``"logit"``.
+    """
+
+    action: CragAction
+    scores: tuple[float, ...]
+    document_actions: tuple[CragAction, ...]
+    upper: float
+    lower: float
+    scale: ScoreScale
+
+
+@dataclass(frozen=True, kw_only=True)
+class CragEvaluator(_Scorer):
+    """Score retrieved documents and decide the CRAG action, in one batched call.
+
+    Args:
+        model: A one-logit reranker, a binary grader or a multi-class grader (hub id,
+            local path or :class:`EngineConfig`).
+        upper: Score at or above which a document makes the retrieval ``correct``.
+        lower: Score below which every document must fall for ``incorrect``.
+        scale: ``"probability"`` (default, any head) or ``"logit"`` (one-logit rerankers).
+        relevant_labels: For multi-class graders, the labels that mean relevant.
+
+    Example:
+        >>> evaluator = CragEvaluator(model="cross-encoder/ms-marco-MiniLM-L6-v2")
+        >>> evaluator.evaluate("what causes rain?", passages).action  # doctest: +SKIP
+        'correct'
+    """
+
+    upper: float = DEFAULT_UPPER
+    lower: float = DEFAULT_LOWER
+
+    def __post_init__(self) -> None:
+        self._validate_scorer()
+        if self.lower > self.upper:
+            raise ValueError(f"lower ({self.lower}) must not exceed upper ({self.upper})")
+        if self.scale == "probability" and not (
+            0.0 <= self.lower <= 1.0 and 0.0 <= self.upper <= 1.0
+        ):
+            raise ValueError("probability thresholds must lie in [0, 1]; use scale='logit'")
+
+    def _evaluation(self, scores: list[float]) -> CragEvaluation:
+        return CragEvaluation(
+            action=decide_action(scores, upper=self.upper, lower=self.lower),
+            scores=tuple(scores),
+            document_actions=document_actions(scores, upper=self.upper, lower=self.lower),
+            upper=self.upper,
+            lower=self.lower,
+            scale=self.scale,
+        )
+
+    def evaluate(self, query: str, texts: Sequence[str]) -> CragEvaluation:
+        """Score ``texts`` and decide the action (no texts: ``incorrect``, nothing scored)."""
+        query, items = check_query(query), check_texts(texts)
+        return self._evaluation(self.score(query, items))
+
+    async def aevaluate(self, query: str, texts: Sequence[str]) -> CragEvaluation:
+        """Async :meth:`evaluate`."""
+        query, items = check_query(query), check_texts(texts)
+        return self._evaluation(await self.ascore(query, items))
+
+
+# --------------------------------------------------------------------------------------
+# Knowledge refinement
+
+_WORD = re.compile(r"\S+")
+
+
+def split_strips(
+    text: str, *, mode: StripMode = "sentences", group_size: int = 3, window_words: int = 50
+) -> list[tuple[int, int]]:
+    """Character ranges of ``text``'s strips, in order, whitespace-trimmed and non-empty.
+
+    ``sentences``: one strip per sentence. ``sentence_groups``: consecutive groups of
+    ``group_size`` sentences. ``words``: consecutive windows of ``window_words``
+    whitespace-separated words. A text with no non-space character has no strips; a text
+    with no sentence or word boundary (one giant token) is a single strip.
+
+    Example:
+        >>> split_strips("One. Two. Three.", mode="sentence_groups", group_size=2)
+        [(0, 9), (10, 16)]
+    """
+    if group_size < 1 or window_words < 1:
+        raise ValueError("group_size and window_words must be >= 1")
+    if mode == "sentences":
+        return sentence_ranges(text)
+    if mode == "sentence_groups":
+        sentences = sentence_ranges(text)
+        return [
+            (sentences[i][0], sentences[min(i + group_size, len(sentences)) - 1][1])
+            for i in range(0, len(sentences), group_size)
+        ]
+    if mode == "words":
+        words = [m.span() for m in _WORD.finditer(text)]
+        return [
+            (words[i][0], words[min(i + window_words, len(words)) - 1][1])
+            for i in range(0, len(words), window_words)
+        ]
+    raise ValueError(f"mode must be 'sentences', 'sentence_groups' or 'words', not {mode!r}")
+
+
+def select_strips(
+    scores: Sequence[float], *, threshold: float | None, top_k: int | None
+) -> list[int]:
+    """Indices of the strips to keep, in their original order.
+
+    Strips scoring below ``threshold`` go; of the rest, the ``top_k`` best survive (ties
+    keep earlier strips). ``None`` disables either rule.
+
+    Example:
+        >>> select_strips([0.9, 0.1, 0.5, 0.7], threshold=0.4, top_k=2)
+        [0, 3]
+    """
+    return sorted(select_top(scores, top_n=top_k, min_score=threshold))
+
+
+@dataclass(frozen=True, slots=True)
+class RefinedDocument:
+    """One document after knowledge refinement.
+
+    Attributes:
+        index: Position of the document in the caller's list.
+        text: The original text.
+        refined_text: Kept strips joined by the separator, in original order ("" if none).
+        strips: The kept strips with their scores and offsets into ``text``.
+        num_strips: How many strips the document was split into.
+    """
+
+    index: int
+    text: str
+    refined_text: str
+    strips: tuple[Span, ...]
+    num_strips: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class KnowledgeRefiner(_Scorer):
+    """Decompose documents into strips, keep the relevant ones, recompose them.
+
+    A model-agnostic alternative to the token-classifier highlighter: any one-logit
+    reranker or relevance grader can refine. All strips of all documents are scored in
+    one batched engine call. ``top_k`` counts across all documents, as in the CRAG
+    reference implementation.
+
+    Args:
+        model: Reranker or grader (hub id, local path or :class:`EngineConfig`).
+        mode: ``"sentences"``, ``"sentence_groups"`` or ``"words"``.
+        group_size: Sentences per strip for ``sentence_groups``.
+        window_words: Words per strip for ``words``.
+        threshold: Minimum strip score to keep (same scale as ``scale``); ``None`` off.
+        top_k: Keep at most this many strips overall; ``None`` off.
+        separator: Joins a document's kept strips.
+        scale: ``"probability"`` or ``"logit"`` (one-logit rerankers only).
+        relevant_labels: For multi-class graders, the labels that mean relevant.
+
+    Bad input never raises: a document without strips (empty or whitespace-only)
+    refines to ``refined_text == ""``, ``strips == ()`` and ``num_strips == 0`` and costs
+    no model call; a document with no sentence or word boundary (one giant token) is a
+    single strip, scored like any other (the engine reads a long strip window by window
+    and keeps its best window), so it is kept or dropped whole. A document none of whose
+    strips survive also refines to ``""``: the caller decides whether to fall back to
+    the original text.
+
+    Example:
+        >>> refiner = KnowledgeRefiner(model="cross-encoder/ms-marco-MiniLM-L6-v2", top_k=5)
+        >>> [d.refined_text for d in refiner.refine("rain?", passages)]  # doctest: +SKIP
+    """
+
+    mode: StripMode = "sentences"
+    group_size: int = 3
+    window_words: int = 50
+    threshold: float | None = 0.5
+    top_k: int | None = None
+    separator: str = " "
+
+    def __post_init__(self) -> None:
+        self._validate_scorer()
+        split_strips("", mode=self.mode, group_size=self.group_size, window_words=self.window_words)
+        if self.threshold is None and self.top_k is None:
+            raise ValueError("set threshold, top_k or both; otherwise nothing is refined")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, not {self.top_k}")
+        if (
+            self.scale == "probability"
+            and self.threshold is not None
+            and not 0.0 <= self.threshold <= 1.0
+        ):
+            raise ValueError("a probability threshold must lie in [0, 1]; use scale='logit'")
+
+    def _strips(self, texts: Sequence[str]) -> list[tuple[int, int, int]]:
+        return [
+            (doc, start, end)
+            for doc, text in enumerate(texts)
+            for start, end in split_strips(
+                text, mode=self.mode, group_size=self.group_size, window_words=self.window_words
+            )
+        ]
+
+    def _recompose(
+        self, texts: Sequence[str], strips: list[tuple[int, int, int]], scores: list[float]
+    ) -> list[RefinedDocument]:
+        keep = set(select_strips(scores, threshold=self.threshold, top_k=self.top_k))
+        kept: list[list[Span]] = [[] for _ in texts]
+        counts = [0] * len(texts)
+        for position, (doc, start, end) in enumerate(strips):
+            counts[doc] += 1
+            if position in keep:
+                kept[doc].append(
+                    Span(start=start, end=end, text=texts[doc][start:end], score=scores[position])
+                )
+        return [
+            RefinedDocument(
+                index=doc,
+                text=text,
+                refined_text=self.separator.join(s.text for s in kept[doc]),
+                strips=tuple(kept[doc]),
+                num_strips=counts[doc],
+            )
+            for doc, text in enumerate(texts)
+        ]
+
+    def refine(self, query: str, texts: Sequence[str]) -> list[RefinedDocument]:
+        """Refine every document, in input order."""
+        query, items = check_query(query), check_texts(texts)
+        strips = self._strips(items)
+        scores = self.score(query, [items[d][s:e] for d, s, e in strips])
+        return self._recompose(items, strips, scores)
+
+    async def arefine(self, query: str, texts: Sequence[str]) -> list[RefinedDocument]:
+        """Async :meth:`refine`."""
+        query, items = check_query(query), check_texts(texts)
+        strips = self._strips(items)
+        scores = await self.ascore(query, [items[d][s:e] for d, s, e in strips])
+        return self._recompose(items, strips, scores)

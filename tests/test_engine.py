@@ -1,0 +1,298 @@
+"""The shared engine: loading, caching, parity with sentence-transformers, batching, windows."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import CrossEncoder
+
+from crag_integrations import (
+    EngineConfig,
+    IncompatibleModelError,
+    ModelUnavailableError,
+    get_engine,
+    release_engines,
+)
+from crag_integrations.testing import save_tiny_checkpoint
+
+PAIRS = [
+    ("what causes rain?", "Rain forms when water vapor in the atmosphere condenses into droplets."),
+    ("what causes rain?", "The Eiffel Tower is a wrought-iron lattice tower in Paris, France."),
+    ("capital of japan", "The capital of Japan is Tokyo, which is also its largest city."),
+    ("capital of japan", "Photosynthesis converts light energy into chemical energy " * 6),
+    ("what is a reranker?", "A reranker sorts retrieved chunks so the most relevant come first."),
+    ("what is a reranker?", ""),
+    ("what is modernbert?", "ModernBERT is a long-context encoder for NLP. " * 3),
+]
+
+ARCHITECTURES = ("bert", "modernbert", "deberta-v2")
+
+
+def _logits(engine_results: list) -> np.ndarray:  # type: ignore[type-arg]
+    return np.array([r.window_logits[0] for r in engine_results], dtype=np.float64)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("head", ["rerank", "binary", "osmosis"])
+def test_logits_match_sentence_transformers_cross_encoder(
+    checkpoints: dict[str, Path], arch: str, head: str
+) -> None:
+    """Raw logits equal CrossEncoder.predict (no activation) within 1e-4 in fp32."""
+    path = str(checkpoints[f"{arch}-{head}"])
+    reference = CrossEncoder(path, device="cpu", max_length=128).predict(
+        PAIRS, activation_fn=torch.nn.Identity(), batch_size=3
+    )
+    ours = get_engine(path, device="cpu", max_length=128).score_pairs(PAIRS)
+    assert all(r.num_windows == 1 for r in ours)
+    np.testing.assert_allclose(
+        _logits(ours), np.asarray(reference, dtype=np.float64).reshape(len(PAIRS), -1), atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_scores_do_not_depend_on_batch_composition_or_order(
+    checkpoints: dict[str, Path], arch: str
+) -> None:
+    """Token budgets that force different batches, and shuffled inputs, give the same scores."""
+    path = str(checkpoints[f"{arch}-rerank"])
+    wide = get_engine(path, max_length=128, token_budget=100_000).score_pairs(PAIRS)
+    narrow = get_engine(path, max_length=128, token_budget=40).score_pairs(PAIRS)
+    np.testing.assert_allclose(_logits(wide), _logits(narrow), atol=1e-5)
+
+    order = list(range(len(PAIRS)))
+    random.Random(7).shuffle(order)
+    shuffled = get_engine(path, max_length=128).score_pairs([PAIRS[i] for i in order])
+    np.testing.assert_allclose(_logits(shuffled), _logits(wide)[order], atol=1e-5)
+
+
+def test_token_budget_bounds_the_padded_batch(checkpoints: dict[str, Path]) -> None:
+    """A small budget splits the work into more forward passes, never a larger one."""
+    path = str(checkpoints["bert-rerank"])
+    engine = get_engine(path, max_length=128, token_budget=64)
+    before = engine.forward_passes
+    engine.score_pairs(PAIRS)
+    small_budget_passes = engine.forward_passes - before
+    big = get_engine(path, max_length=128, token_budget=100_000)
+    before = big.forward_passes
+    big.score_pairs(PAIRS)
+    assert big.forward_passes - before == 1
+    assert small_budget_passes > 1
+
+
+def test_equal_configs_share_one_engine_and_one_loaded_model(checkpoints: dict[str, Path]) -> None:
+    """Equal configurations return the same object; windowing-only differences share weights."""
+    path = checkpoints["bert-binary"]
+    first = get_engine(str(path))
+    assert first is get_engine(EngineConfig(model=str(path)))
+    assert first is get_engine(EngineConfig(model=str(path / ".")))
+    other_windows = get_engine(str(path), max_length=64, stride=8)
+    assert other_windows is not first
+    first.load()
+    other_windows.load()
+    assert first._runner is other_windows._runner
+    assert first.load_count == 1
+
+
+def test_constructing_an_engine_loads_nothing(tmp_path: Path) -> None:
+    """get_engine is cheap: the weights load on first use."""
+    path = save_tiny_checkpoint(tmp_path / "lazy", seed=99)
+    engine = get_engine(str(path))
+    assert not engine.is_loaded
+    engine.score_pairs([("q", "t")])
+    assert engine.is_loaded and engine.load_count == 1
+
+
+def test_concurrent_first_use_loads_the_model_once(tmp_path: Path) -> None:
+    """Sixteen threads hitting a cold engine at once load it exactly once and all succeed."""
+    path = save_tiny_checkpoint(tmp_path / "cold", seed=5)
+    engine = get_engine(str(path))
+    barrier = threading.Barrier(16)
+    results: list[object] = [None] * 16
+    errors: list[BaseException] = []
+
+    def call(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = engine.score_pairs([(f"query {i}", PAIRS[i % len(PAIRS)][1])])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert engine.load_count == 1
+    assert all(r is not None for r in results)
+
+
+def test_concurrent_callers_get_their_own_results(checkpoints: dict[str, Path]) -> None:
+    """Many threads with different queries each get exactly the single-caller result."""
+    path = str(checkpoints["modernbert-osmosis"])
+    engine = get_engine(path, max_length=128)
+    reference = {i: engine.score_pairs([PAIRS[i]])[0] for i in range(len(PAIRS))}
+    failures: list[str] = []
+
+    def call(i: int) -> None:
+        for _ in range(5):
+            got = engine.score_pairs([PAIRS[i % len(PAIRS)]])[0]
+            want = reference[i % len(PAIRS)]
+            if not np.allclose(got.window_logits, want.window_logits, atol=1e-5):
+                failures.append(f"caller {i}: {got} != {want}")
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+def test_long_texts_are_windowed_not_truncated(checkpoints: dict[str, Path]) -> None:
+    """A text longer than max_length is split into overlapping windows, each scored."""
+    path = str(checkpoints["bert-rerank"])
+    long_text = " ".join(["The mitochondria is the powerhouse of the cell."] * 60)
+    engine = get_engine(path, max_length=64, stride=16)
+    [result] = engine.score_pairs([("what is the powerhouse of the cell?", long_text)])
+    assert result.num_windows > 5
+    # The first window is exactly what a truncating scorer would have seen.
+    truncated = CrossEncoder(path, device="cpu", max_length=64).predict(
+        [("what is the powerhouse of the cell?", long_text)], activation_fn=torch.nn.Identity()
+    )
+    assert result.window_logits[0][0] == pytest.approx(float(np.ravel(truncated)[0]), abs=1e-4)
+
+
+def test_more_stride_means_more_windows(checkpoints: dict[str, Path]) -> None:
+    """Stride is the overlap between windows: a larger overlap needs more windows."""
+    path = str(checkpoints["bert-rerank"])
+    text = " ".join(["Cross-encoders read the query and the document together."] * 30)
+    engine = get_engine(path, max_length=64)
+    low = engine.score_pairs([("q", text)], stride=0)[0].num_windows
+    high = engine.score_pairs([("q", text)], stride=24)[0].num_windows
+    assert high > low > 1
+
+
+def test_token_scores_map_to_character_offsets_across_windows(
+    checkpoints: dict[str, Path],
+) -> None:
+    """Token offsets cover the text in order, identically whether windowed or not."""
+    path = str(checkpoints["bert-token"])
+    text = "The Eiffel Tower is in Paris. 東京は日本の首都です。 Café naïve 🚀 résumé. " * 8
+    engine = get_engine(path)
+    windowed = engine.token_scores([("where is the tower?", text)], max_length=48, stride=12)[0]
+    whole = engine.token_scores([("where is the tower?", text)], max_length=512)[0]
+    assert windowed.num_windows > 1 and whole.num_windows == 1
+    assert windowed.offsets == whole.offsets
+    starts = [start for start, _ in whole.offsets]
+    assert starts == sorted(starts)
+    for (start, end), probs in zip(whole.offsets, whole.probabilities, strict=True):
+        assert 0 <= start <= end <= len(text)
+        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_query_too_long_for_max_length_raises_a_clear_error(checkpoints: dict[str, Path]) -> None:
+    """If the query alone fills the window there is no room for text: say so."""
+    engine = get_engine(str(checkpoints["bert-rerank"]), max_length=16)
+    with pytest.raises(ValueError, match="Shorten the query or raise max_length"):
+        engine.score_pairs([("what causes rain " * 10, "Rain.")])
+
+
+def test_wrong_head_for_the_task_raises(checkpoints: dict[str, Path]) -> None:
+    """Asking a token head for sequence scores (or vice versa) names the problem."""
+    with pytest.raises(IncompatibleModelError, match="token-classification head"):
+        get_engine(str(checkpoints["bert-token"])).score_pairs([("q", "t")])
+    with pytest.raises(IncompatibleModelError, match="sequence-classification head"):
+        get_engine(str(checkpoints["bert-rerank"])).token_scores([("q", "t")])
+
+
+def test_head_is_read_from_the_config(checkpoints: dict[str, Path]) -> None:
+    """One label, five labels and token heads are told apart by config.json alone."""
+    assert get_engine(str(checkpoints["deberta-v2-rerank"])).head.num_labels == 1
+    osmosis = get_engine(str(checkpoints["deberta-v2-osmosis"])).head
+    assert osmosis.kind == "sequence" and osmosis.id2label[0] == "ADDR_DIRECT"
+    assert get_engine(str(checkpoints["deberta-v2-token"])).head.kind == "token"
+
+
+def test_a_checkpoint_without_a_classification_head_is_rejected(tmp_path: Path) -> None:
+    """A bare encoder (like a bi-encoder) is not silently given a random head."""
+    from transformers import BertConfig, BertModel
+
+    from crag_integrations.testing import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    BertModel(config).save_pretrained(tmp_path / "bare")
+    tokenizer.save_pretrained(tmp_path / "bare")
+    with pytest.raises(IncompatibleModelError, match="ForSequenceClassification"):
+        get_engine(str(tmp_path / "bare")).load()
+
+
+def test_a_missing_hub_model_offline_names_the_model_and_the_fix(tmp_path: Path) -> None:
+    """An id that is not in the cache raises ModelUnavailableError with instructions."""
+    engine = get_engine(
+        "cross-encoder/ms-marco-MiniLM-L6-v2", local_files_only=True, cache_dir=str(tmp_path)
+    )
+    with pytest.raises(ModelUnavailableError) as info:
+        engine.load()
+    message = str(info.value)
+    assert "cross-encoder/ms-marco-MiniLM-L6-v2" in message
+    assert "not available offline" in message
+    assert "hf download" in message and "local directory" in message
+
+
+def test_a_missing_local_directory_says_so(tmp_path: Path) -> None:
+    """A path that does not exist is reported as a path, not as a hub id."""
+    with pytest.raises(ModelUnavailableError, match="does not exist"):
+        get_engine(str(tmp_path / "nope"), local_files_only=True).load()
+
+
+def test_release_engines_frees_and_later_calls_reload(tmp_path: Path) -> None:
+    """After release_engines the next get_engine gives a fresh engine that loads again."""
+    path = save_tiny_checkpoint(tmp_path / "release", seed=3)
+    engine = get_engine(str(path))
+    before = engine.score_pairs([("q", "t")])
+    assert release_engines() >= 1
+    with pytest.raises(RuntimeError, match="released"):
+        engine.score_pairs([("q", "t")])
+    fresh = get_engine(str(path))
+    assert fresh is not engine
+    assert fresh.score_pairs([("q", "t")]) == before
+
+
+def test_empty_input_does_not_load_the_model(tmp_path: Path) -> None:
+    """No pairs: an empty result and the weights stay on disk."""
+    path = save_tiny_checkpoint(tmp_path / "empty", seed=4)
+    engine = get_engine(str(path))
+    assert engine.score_pairs([]) == []
+    assert engine.token_scores([]) == []
+    assert not engine.is_loaded
+
+
+def test_cpu_defaults_to_float32(checkpoints: dict[str, Path]) -> None:
+    """On CPU the auto dtype is float32 (bf16 measured about 5x slower on CPU)."""
+    engine = get_engine(str(checkpoints["bert-rerank"]), device="cpu")
+    assert engine.device == "cpu" and engine.dtype == "float32"
+
+
+def test_invalid_configs_are_rejected() -> None:
+    """Nonsense settings fail at construction with the accepted values in the message."""
+    with pytest.raises(ValueError, match="dtype"):
+        EngineConfig(model="m", dtype="float8")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_length"):
+        EngineConfig(model="m", max_length=2)
+    with pytest.raises(ValueError, match="stride"):
+        EngineConfig(model="m", stride=-1)
+    with pytest.raises(ValueError, match="hub id or a local directory"):
+        EngineConfig(model="  ")
