@@ -75,7 +75,9 @@ def build_tiny_tokenizer(
     )
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix="##")
-    trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(_SPECIAL_TOKENS))
+    trainer = WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=list(_SPECIAL_TOKENS), show_progress=False
+    )
     tokenizer.train_from_iterator(list(corpus), trainer=trainer)
     cls_id = tokenizer.token_to_id("[CLS]")
     sep_id = tokenizer.token_to_id("[SEP]")
