@@ -23,7 +23,7 @@ from crag_integrations.types import (
     RankedText,
 )
 
-__all__ = ["NoEvidencePolicy", "RerankGradeTrimPipeline"]
+__all__ = ["NoEvidencePolicy", "RerankGradeTrimPipeline", "action_scores"]
 
 NoEvidencePolicy = Literal["keep", "drop"]
 
@@ -191,3 +191,22 @@ class RerankGradeTrimPipeline:
         if self.highlighter is not None and drafts:
             highlights = await self.highlighter.ahighlight(query, [d.text for d in drafts])
         return self._finish(drafts, highlights, dropped)
+
+
+def action_scores(result: PipelineResult) -> list[float]:
+    """The relevance probabilities a CRAG action should be decided on, for one pipeline run.
+
+    When a grader ran: the grade probability of every text it graded (kept or dropped).
+    Otherwise, when a reranker ran: the reranker probability (sigmoid of the logit) of every
+    text, since the reranker scores all texts before its cut. With neither, an empty list
+    (and :func:`crag_integrations.crag.decide_action` then says ``"incorrect"``).
+
+    Example:
+        >>> action_scores(PipelineResult(kept=()))
+        []
+    """
+    items: list[ProcessedText | DroppedText] = [*result.kept, *result.dropped]
+    grades = [item.grade.probability for item in items if item.grade is not None]
+    if grades:
+        return grades
+    return [item.ranked.probability for item in items if item.ranked is not None]

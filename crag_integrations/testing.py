@@ -252,6 +252,17 @@ def save_tiny_checkpoint(
         torch.manual_seed(seed)
         model = auto_class.from_config(config)
     model.eval()
-    model.save_pretrained(path)
+    from transformers.utils import logging
+
+    hf_logging: Any = logging  # its progress-bar toggles are untyped
+
+    # Saving a 100 kB checkpoint needs no progress bar; restore the caller's setting after.
+    bars_were_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(path)
+    finally:
+        if bars_were_enabled:
+            hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(path)
     return path
