@@ -12,6 +12,17 @@ Example:
 """
 
 from crag_integrations.config import EngineConfig
+from crag_integrations.crag import (
+    DEFAULT_LOWER,
+    DEFAULT_UPPER,
+    CragAction,
+    CragEvaluation,
+    CragEvaluator,
+    KnowledgeRefiner,
+    RefinedDocument,
+    calibrate_thresholds,
+    decide_action,
+)
 from crag_integrations.engine import CrossEncoderEngine, get_engine, release_engines
 from crag_integrations.errors import IncompatibleModelError, ModelUnavailableError
 from crag_integrations.pipeline import RerankGradeTrimPipeline
@@ -33,8 +44,13 @@ from crag_integrations.types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_LOWER",
+    "DEFAULT_UPPER",
     "OSMOSIS_LABELS",
     "OSMOSIS_RELEVANT_LABELS",
+    "CragAction",
+    "CragEvaluation",
+    "CragEvaluator",
     "CrossEncoderEngine",
     "DroppedText",
     "EngineConfig",
@@ -42,11 +58,13 @@ __all__ = [
     "Grade",
     "Highlight",
     "IncompatibleModelError",
+    "KnowledgeRefiner",
     "ModelHead",
     "ModelUnavailableError",
     "PipelineResult",
     "ProcessedText",
     "RankedText",
+    "RefinedDocument",
     "RelevanceGrader",
     "RerankGradeTrimPipeline",
     "Reranker",
@@ -54,6 +72,8 @@ __all__ = [
     "Span",
     "TokenScores",
     "__version__",
+    "calibrate_thresholds",
+    "decide_action",
     "get_engine",
     "release_engines",
 ]
