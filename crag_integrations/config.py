@@ -37,6 +37,17 @@ class EngineConfig:
         local_files_only: Never reach the network. ``None`` follows the environment
             (``HF_HUB_OFFLINE=1`` means offline).
         cache_dir: Hugging Face cache directory; ``None`` uses the user's default cache.
+        max_wait_ms: How long the model's owner thread waits for more callers before it
+            runs a drain that has not yet filled one ``token_budget`` (milliseconds; ``0``
+            runs whatever is queued at once). Only concurrent callers gain from it.
+        max_queue: Requests that may wait for the owner thread at once; beyond that, sync
+            callers block and async callers await (without blocking the event loop).
+        cache_size: Scored ``(query, text)`` pairs remembered per loaded model (LRU), so
+            repeated pairs cost no forward pass. ``0`` disables the cache for this engine.
+        compile: Run the model through ``torch.compile``, with sequence lengths padded to
+            buckets (multiples of 64, then powers of two) so it does not recompile per
+            batch. Worth it on GPUs for long-running services; the first batches of each
+            bucket pay the compile time.
 
     Example:
         >>> EngineConfig(model="cross-encoder/ms-marco-MiniLM-L6-v2", device="cpu").dtype
@@ -53,6 +64,10 @@ class EngineConfig:
     trust_remote_code: bool = False
     local_files_only: bool | None = None
     cache_dir: str | None = field(default=None)
+    max_wait_ms: float = 2.0
+    max_queue: int = 1024
+    cache_size: int = 16_384
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -70,6 +85,12 @@ class EngineConfig:
             raise ValueError(f"stride must be >= 0, not {self.stride}")
         if self.token_budget is not None and self.token_budget < 1:
             raise ValueError(f"token_budget must be positive, not {self.token_budget}")
+        if not self.max_wait_ms >= 0:
+            raise ValueError(f"max_wait_ms must be >= 0, not {self.max_wait_ms}")
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, not {self.max_queue}")
+        if self.cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0 (0 disables it), not {self.cache_size}")
 
     @property
     def is_local(self) -> bool:

@@ -29,6 +29,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from crag_integrations.config import EngineConfig
 from crag_integrations.errors import IncompatibleModelError, ModelUnavailableError
+from crag_integrations.score_cache import CacheInfo, ScoreCache
 from crag_integrations.types import HeadKind, ModelHead, SequenceScores, TokenScores
 
 if TYPE_CHECKING:
@@ -69,6 +71,7 @@ class _LoadKey:
     trust_remote_code: bool
     local_files_only: bool | None
     cache_dir: str | None
+    compile: bool = False
 
 
 def _resolve_device(device: str) -> str:
@@ -159,6 +162,32 @@ class _Loaded:
     input_names: tuple[str, ...]
     pad_token_id: int
     special_tokens_in_pair: int
+    attention: str = "eager"
+    compiled: bool = False
+
+
+def _attention_candidates(device: str, dtype: str) -> list[str]:
+    """Attention kernels to try, fastest first, for this device and dtype."""
+    candidates = ["sdpa"]
+    if device.startswith("cuda") and dtype in ("float16", "bfloat16"):
+        import importlib.util
+
+        import torch
+
+        major, _minor = torch.cuda.get_device_capability(torch.device(device))
+        if major >= 8 and importlib.util.find_spec("flash_attn") is not None:
+            candidates.insert(0, "flash_attention_2")
+    return candidates
+
+
+def _bucket_length(length: int) -> int:
+    """Round a sequence length up to a compile bucket: multiples of 64, then powers of 2."""
+    if length <= 512:
+        return max(64, -(-length // 64) * 64)
+    bucket = 1024
+    while bucket < length:
+        bucket *= 2
+    return bucket
 
 
 def _load(key: _LoadKey) -> _Loaded:
@@ -196,14 +225,21 @@ def _load(key: _LoadKey) -> _Loaded:
     )
     torch_dtype = getattr(torch, key.dtype)
     model_kwargs = dict(hub_kwargs, dtype=torch_dtype)
+    model = None
+    attention = "default"
     try:
-        try:
-            model = auto_class.from_pretrained(
-                key.model, attn_implementation="sdpa", **model_kwargs
-            )
-        except (ValueError, ImportError) as exc:
-            # The architecture has no SDPA kernel (e.g. DeBERTa-v2): use its default attention.
-            logger.debug("SDPA unavailable for %s (%s); using default attention", key.model, exc)
+        for candidate in _attention_candidates(key.device, key.dtype):
+            try:
+                model = auto_class.from_pretrained(
+                    key.model, attn_implementation=candidate, **model_kwargs
+                )
+            except (ValueError, ImportError) as exc:
+                # The architecture has no such kernel (DeBERTa-v2 has no SDPA): try the next.
+                logger.debug("%s unavailable for %s (%s)", candidate, key.model, exc)
+                continue
+            attention = candidate
+            break
+        if model is None:
             model = auto_class.from_pretrained(key.model, **model_kwargs)
     except OSError as exc:
         raise ModelUnavailableError(_unavailable_message(key, exc)) from exc
@@ -223,6 +259,8 @@ def _load(key: _LoadKey) -> _Loaded:
         for name in ("input_ids", "attention_mask", "token_type_ids")
         if name in accepted and (name != "token_type_ids" or name in tokenizer.model_input_names)
     )
+    if key.compile:
+        model = torch.compile(model)
     pad = tokenizer.pad_token_id
     return _Loaded(
         model=model,
@@ -233,6 +271,8 @@ def _load(key: _LoadKey) -> _Loaded:
         input_names=input_names,
         pad_token_id=int(pad) if pad is not None else 0,
         special_tokens_in_pair=int(tokenizer.num_special_tokens_to_add(pair=True)),
+        attention=attention,
+        compiled=key.compile,
     )
 
 
@@ -247,8 +287,15 @@ class _Request:
     max_length: int | None
     stride: int
     token_budget: int
+    max_wait_s: float = 0.0
+    max_queue: int = 1024
     future: Future[Any] = field(default_factory=Future)
     failed: bool = False
+
+    @property
+    def estimated_tokens(self) -> int:
+        """A cheap upper-ish guess of the request's tokens (about 4 characters a token)."""
+        return sum(len(q) + len(t) for q, t in self.pairs) // 4 + 3 * len(self.pairs)
 
 
 @dataclass
@@ -377,6 +424,14 @@ def _merge_token_windows(windows: Sequence[_Window]) -> TokenScores:
 _STOP = object()
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an accelerator out-of-memory error (worth splitting the batch)."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(exc, oom)
+
+
 class _ModelRunner:
     """Owns one loaded model and tokenizer on one thread; requests in, results out."""
 
@@ -384,9 +439,17 @@ class _ModelRunner:
         self.key = key
         self.load_count = 0
         self.forward_passes = 0
+        self.oom_splits = 0
+        self.drains = 0
+        self.cache = ScoreCache(capacity=0)
         self._loaded: _Loaded | None = None
         self._load_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        #: Requests submitted but not yet taken by the owner thread (the bounded queue).
+        self._pending = 0
+        self._slots = threading.Condition()
+        #: Lowered after an out-of-memory split, so later batches do not hit it again.
+        self._budget_cap: int | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -408,15 +471,51 @@ class _ModelRunner:
     def is_loaded(self) -> bool:
         return self._loaded is not None
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the owner thread right now."""
+        return self._pending
+
+    def _enqueue(self, request: _Request, *, block: bool) -> bool:
+        with self._slots:
+            while self._pending >= request.max_queue and not self._closed:
+                if not block:
+                    return False
+                self._slots.wait()
+            if self._closed:
+                raise RuntimeError("this engine was released; call get_engine() again")
+            self._pending += 1
+            self._queue.put(request)
+        return True
+
     def submit(self, request: _Request) -> Future[Any]:
+        """Queue ``request``, blocking while ``max_queue`` requests are already waiting."""
         _ = self.loaded  # load on first use, in the caller's thread, exactly once
-        self._queue.put(request)
+        self._enqueue(request, block=True)
         return request.future
+
+    async def asubmit(self, request: _Request) -> Any:
+        """Queue ``request`` and await its result without blocking the event loop."""
+        if not self.is_loaded:
+            await asyncio.to_thread(lambda: self.loaded)
+        try:
+            if not self._enqueue(request, block=False):
+                # The queue is full: wait for a slot in a worker thread, not on the loop.
+                await asyncio.to_thread(self._enqueue, request, block=True)
+            # Cancelling this await cancels the concurrent future; the owner skips it.
+            return await asyncio.wrap_future(request.future)
+        except asyncio.CancelledError:
+            request.future.cancel()
+            raise
 
     def close(self) -> None:
         with self._load_lock:
             self._closed = True
             thread = self._thread
+        with self._slots:
+            # Under the slots lock, so no request can slip in after the leftovers are drained.
+            self._closed = True
+            self._slots.notify_all()  # callers blocked on a full queue get an error
         if thread is not None:
             self._queue.put(_STOP)
             thread.join(timeout=30)
@@ -427,6 +526,7 @@ class _ModelRunner:
                 break
             if isinstance(leftover, _Request) and leftover.future.set_running_or_notify_cancel():
                 leftover.future.set_exception(RuntimeError("the engine was released"))
+        self.cache.clear()
         loaded, self._loaded = self._loaded, None
         if loaded is not None and loaded.device.type == "cuda":
             import torch
@@ -436,24 +536,43 @@ class _ModelRunner:
 
     # -- owner thread ------------------------------------------------------------------
 
+    def _collect(self, first: _Request) -> tuple[list[_Request], bool]:
+        """Take ``first`` plus what arrives within its max wait, up to one token budget."""
+        requests = [first]
+        pairs = len(first.pairs)
+        tokens = first.estimated_tokens
+        deadline = time.monotonic() + first.max_wait_s
+        stop_after = False
+        while pairs < _MAX_PAIRS_PER_DRAIN:
+            try:
+                following = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                full = self._pending >= first.max_queue  # nobody can join: stop waiting
+                if remaining <= 0 or tokens >= first.token_budget or full:
+                    break
+                try:
+                    following = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if following is _STOP:
+                stop_after = True
+                break
+            requests.append(following)
+            pairs += len(following.pairs)
+            tokens += following.estimated_tokens
+        return requests, stop_after
+
     def _serve(self) -> None:
         while True:
             first = self._queue.get()
             if first is _STOP:
                 return
-            requests = [first]
-            pairs = len(first.pairs)
-            stop_after = False
-            while pairs < _MAX_PAIRS_PER_DRAIN:
-                try:
-                    following = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if following is _STOP:
-                    stop_after = True
-                    break
-                requests.append(following)
-                pairs += len(following.pairs)
+            requests, stop_after = self._collect(first)
+            self.drains += 1
+            with self._slots:
+                self._pending -= len(requests)
+                self._slots.notify_all()
             live = [r for r in requests if r.future.set_running_or_notify_cancel()]
             if live:
                 try:
@@ -485,11 +604,13 @@ class _ModelRunner:
                     all_windows.append(window)
 
         token_budget = min(r.token_budget for r in requests)
+        if self._budget_cap is not None:
+            token_budget = min(token_budget, self._budget_cap)
         for batch in _pack_batches(all_windows, token_budget):
             if all(requests[w.request].failed for w in batch):
                 continue
             try:
-                self._forward(loaded, batch, requests[batch[0].request].task)
+                self._forward_splitting(loaded, batch, requests[batch[0].request].task)
             except Exception as exc:
                 for owner in {w.request for w in batch}:
                     if not requests[owner].failed:
@@ -509,23 +630,66 @@ class _ModelRunner:
                 results = [_merge_token_windows(pair_windows) for pair_windows in request_windows]
             request.future.set_result(results)
 
+    def _forward_splitting(self, loaded: _Loaded, batch: list[_Window], task: _Task) -> None:
+        """Run ``batch``; on out-of-memory, free the cache, halve it and retry each half."""
+        try:
+            self._forward(loaded, batch, task)
+        except Exception as exc:
+            if len(batch) < 2 or not _is_out_of_memory(exc):
+                raise
+            import torch
+
+            del exc  # drop the traceback's references to the failed activations
+            if loaded.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(batch) // 2
+            self.oom_splits += 1
+            self._budget_cap = half * max(len(w.input_ids) for w in batch)
+            logger.warning(
+                "Out of memory on a batch of %d windows; retrying as two batches of %d and "
+                "capping later batches at %d tokens",
+                len(batch),
+                half,
+                self._budget_cap,
+            )
+            self._forward_splitting(loaded, batch[:half], task)
+            self._forward_splitting(loaded, batch[half:], task)
+
     def _forward(self, loaded: _Loaded, batch: list[_Window], task: _Task) -> None:
         import torch
 
         longest = max(len(w.input_ids) for w in batch)
-        input_ids = torch.full((len(batch), longest), loaded.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        token_type_ids = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, window in enumerate(batch):
-            length = len(window.input_ids)
-            input_ids[row, :length] = torch.tensor(window.input_ids, dtype=torch.long)
-            attention_mask[row, :length] = 1
-            if window.token_type_ids is not None:
-                token_type_ids[row, :length] = torch.tensor(window.token_type_ids, dtype=torch.long)
+        # Few distinct shapes: compiled graphs and per-shape attention plans get reused.
+        bucketed = loaded.compiled or loaded.device.type == "cuda"
+        width = _bucket_length(longest) if bucketed else longest
+        pad = loaded.pad_token_id
+        input_ids = torch.tensor(
+            [w.input_ids + [pad] * (width - len(w.input_ids)) for w in batch], dtype=torch.long
+        )
+        attention_mask = torch.tensor(
+            [[1] * len(w.input_ids) + [0] * (width - len(w.input_ids)) for w in batch],
+            dtype=torch.long,
+        )
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in loaded.input_names:
-            inputs["token_type_ids"] = token_type_ids
-        inputs = {name: tensor.to(loaded.device) for name, tensor in inputs.items()}
+            inputs["token_type_ids"] = torch.tensor(
+                [
+                    (w.token_type_ids or [0] * len(w.input_ids)) + [0] * (width - len(w.input_ids))
+                    for w in batch
+                ],
+                dtype=torch.long,
+            )
+        if loaded.device.type == "cuda":
+            inputs = {
+                name: tensor.pin_memory().to(loaded.device, non_blocking=True)
+                for name, tensor in inputs.items()
+            }
+        elif loaded.device.type != "cpu":
+            inputs = {name: tensor.to(loaded.device) for name, tensor in inputs.items()}
+        if loaded.compiled:
+            # One graph per length bucket; the batch dimension stays symbolic.
+            for tensor in inputs.values():
+                torch._dynamo.maybe_mark_dynamic(tensor, 0)
         with torch.inference_mode():
             logits = loaded.model(**inputs).logits.float()
         self.forward_passes += 1
@@ -543,17 +707,36 @@ class _ModelRunner:
 # Public engine
 
 
+@dataclass
+class _Plan:
+    """A call split into cached results and the unique pairs that still need the model."""
+
+    results: list[Any]
+    keys: list[tuple[Any, ...]] | None
+    missing: list[Pair]
+    #: For each missing pair, the positions in ``results`` it fills.
+    positions: list[list[int]]
+
+
 class CrossEncoderEngine:
     """A shared, batched cross-encoder. Get one with :func:`get_engine`, never construct it.
 
     Sync verbs block the calling thread until the owner thread has scored the request;
     async verbs (``a``-prefixed) await the same request without blocking the event loop.
-    Results come back in input order whatever order the batches ran in.
+    Results come back in input order whatever order the batches ran in. Pairs scored
+    before (same task, window length, stride, query and text) are answered from the
+    model's score cache without a forward pass; see :meth:`cache_info`.
+
+    Example:
+        >>> engine = get_engine("cross-encoder/ms-marco-MiniLM-L6-v2", device="cpu")
+        >>> engine.is_loaded
+        False
     """
 
     def __init__(self, config: EngineConfig, runner: _ModelRunner) -> None:
         self.config = config
         self._runner = runner
+        runner.cache.grow(config.cache_size)
 
     def __repr__(self) -> str:
         state = "loaded" if self._runner.is_loaded else "not loaded"
@@ -582,6 +765,11 @@ class CrossEncoderEngine:
         return self._runner.key.dtype
 
     @property
+    def attention(self) -> str:
+        """The attention kernel in use: ``"flash_attention_2"``, ``"sdpa"`` or ``"default"``."""
+        return self._runner.loaded.attention
+
+    @property
     def is_loaded(self) -> bool:
         """Whether the weights are in memory."""
         return self._runner.is_loaded
@@ -596,6 +784,35 @@ class CrossEncoderEngine:
         """Forward passes run by the model behind this engine (shared with its twins)."""
         return self._runner.forward_passes
 
+    @property
+    def drains(self) -> int:
+        """Times the owner thread took queued requests and ran them together.
+
+        Fewer drains than calls means concurrent calls shared forward passes.
+        """
+        return self._runner.drains
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the owner thread now (at most ``max_queue``)."""
+        return self._runner.queued
+
+    @property
+    def oom_splits(self) -> int:
+        """Batches split in half after an accelerator out-of-memory error."""
+        return self._runner.oom_splits
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses, size and capacity of the score cache shared by this model's engines.
+
+        Engines configured with ``cache_size=0`` neither read nor write it.
+        """
+        return self._runner.cache.info()
+
+    def clear_cache(self) -> None:
+        """Forget every cached score of this model (and reset the counters)."""
+        self._runner.cache.clear()
+
     def load(self) -> ModelHead:
         """Load the weights now (otherwise the first call does) and return the head."""
         return self.head
@@ -608,9 +825,7 @@ class CrossEncoderEngine:
 
     # -- scoring -------------------------------------------------------------------------
 
-    def _request(
-        self, task: _Task, pairs: Sequence[Pair], max_length: int | None, stride: int | None
-    ) -> _Request:
+    def _check_head(self, task: _Task) -> None:
         head = self.head
         if head.kind != task:
             wanted = "sequence-classification" if task == "sequence" else "token-classification"
@@ -618,14 +833,68 @@ class CrossEncoderEngine:
                 f"{self.config.model!r} has a {head.kind}-classification head, but this call "
                 f"needs a {wanted} head."
             )
-        return _Request(
+
+    def _plan(
+        self, task: _Task, pairs: Sequence[Pair], max_length: int | None, stride: int | None
+    ) -> tuple[_Plan, _Request | None]:
+        """Answer what the cache can; build one request for the unique remaining pairs."""
+        self._check_head(task)
+        clean = [(str(q), str(t)) for q, t in pairs]
+        length = max_length or self.max_length
+        step = self.config.stride if stride is None else stride
+        results: list[Any] = [None] * len(clean)
+        keys: list[tuple[Any, ...]] | None = None
+        if self.config.cache_size > 0:
+            keys = [(task, length, step, q, t) for q, t in clean]
+            results = self._runner.cache.get_many(list(keys))
+        where: dict[Pair, list[int]] = {}
+        for index, (pair, found) in enumerate(zip(clean, results, strict=True)):
+            if found is None:
+                where.setdefault(pair, []).append(index)
+        plan = _Plan(
+            results=results, keys=keys, missing=list(where), positions=list(where.values())
+        )
+        if not plan.missing:
+            return plan, None
+        request = _Request(
             task=task,
-            pairs=[(str(q), str(t)) for q, t in pairs],
-            max_length=max_length or self.config.max_length,
-            stride=self.config.stride if stride is None else stride,
+            pairs=plan.missing,
+            max_length=length,
+            stride=step,
             token_budget=self.config.token_budget
             or (_CPU_TOKEN_BUDGET if self.device == "cpu" else _ACCELERATOR_TOKEN_BUDGET),
+            max_wait_s=self.config.max_wait_ms / 1000.0,
+            max_queue=self.config.max_queue,
         )
+        return plan, request
+
+    def _complete(self, plan: _Plan, computed: Sequence[Any]) -> list[Any]:
+        stored: list[tuple[Any, Any]] = []
+        for value, positions in zip(computed, plan.positions, strict=True):
+            for position in positions:
+                plan.results[position] = value
+            if plan.keys is not None:
+                stored.append((plan.keys[positions[0]], value))
+        if stored:
+            self._runner.cache.put_many(stored)
+        return plan.results
+
+    def _run(
+        self, task: _Task, pairs: Sequence[Pair], max_length: int | None, stride: int | None
+    ) -> list[Any]:
+        plan, request = self._plan(task, pairs, max_length, stride)
+        if request is None:
+            return plan.results
+        return self._complete(plan, self._runner.submit(request).result())
+
+    async def _arun(
+        self, task: _Task, pairs: Sequence[Pair], max_length: int | None, stride: int | None
+    ) -> list[Any]:
+        await self.aload()
+        plan, request = self._plan(task, pairs, max_length, stride)
+        if request is None:
+            return plan.results
+        return self._complete(plan, await self._runner.asubmit(request))
 
     def score_pairs(
         self,
@@ -646,8 +915,7 @@ class CrossEncoderEngine:
         """
         if not pairs:
             return []
-        request = self._request("sequence", pairs, max_length, stride)
-        return list(self._runner.submit(request).result())
+        return self._run("sequence", pairs, max_length, stride)
 
     async def ascore_pairs(
         self,
@@ -659,9 +927,7 @@ class CrossEncoderEngine:
         """Async :meth:`score_pairs`; awaits the owner thread without blocking the loop."""
         if not pairs:
             return []
-        await self.aload()
-        request = self._request("sequence", pairs, max_length, stride)
-        return list(await asyncio.wrap_future(self._runner.submit(request)))
+        return await self._arun("sequence", pairs, max_length, stride)
 
     def token_scores(
         self,
@@ -676,8 +942,7 @@ class CrossEncoderEngine:
         """
         if not pairs:
             return []
-        request = self._request("token", pairs, max_length, stride)
-        return list(self._runner.submit(request).result())
+        return self._run("token", pairs, max_length, stride)
 
     async def atoken_scores(
         self,
@@ -689,9 +954,7 @@ class CrossEncoderEngine:
         """Async :meth:`token_scores`."""
         if not pairs:
             return []
-        await self.aload()
-        request = self._request("token", pairs, max_length, stride)
-        return list(await asyncio.wrap_future(self._runner.submit(request)))
+        return await self._arun("token", pairs, max_length, stride)
 
 
 _REGISTRY_LOCK = threading.Lock()
@@ -709,8 +972,9 @@ def get_engine(config: EngineConfig | str, **overrides: Any) -> CrossEncoderEngi
 
     Returns:
         The same :class:`CrossEncoderEngine` object for equal configurations. Engines whose
-        configurations differ only in ``max_length``, ``stride`` or ``token_budget`` share
-        one loaded model.
+        configurations differ only in ``max_length``, ``stride``, ``token_budget``,
+        ``max_wait_ms``, ``max_queue`` or ``cache_size`` share one loaded model (and its
+        score cache).
 
     Example:
         >>> a = get_engine("cross-encoder/ms-marco-MiniLM-L6-v2", device="cpu")
@@ -735,6 +999,7 @@ def get_engine(config: EngineConfig | str, **overrides: Any) -> CrossEncoderEngi
             trust_remote_code=config.trust_remote_code,
             local_files_only=config.local_files_only,
             cache_dir=config.cache_dir,
+            compile=config.compile,
         )
         runner = _RUNNERS.get(key)
         if runner is None:

@@ -60,25 +60,43 @@ def build_tiny_tokenizer(
     model_max_length: int = 512,
     model_input_names: Sequence[str] = ("input_ids", "token_type_ids", "attention_mask"),
 ) -> Any:
-    """Train a BERT-style WordPiece fast tokenizer on ``corpus`` with the `tokenizers` library.
+    """Build a BERT-style WordPiece fast tokenizer from ``corpus`` with the `tokenizers` library.
 
     Returns a ``transformers.PreTrainedTokenizerFast`` with ``[CLS] a [SEP] b [SEP]`` pair
     templates, character offsets, and the usual special tokens.
     """
+    from collections import Counter
+
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import WordPieceTrainer
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    tokenizer.normalizer = normalizers.BertNormalizer(
+    normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True
     )
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece(prefix="##")
-    trainer = WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=list(_SPECIAL_TOKENS), show_progress=False
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # The vocabulary is built deterministically from the corpus with the library's own
+    # normalizer and pre-tokenizer: `tokenizers`' WordPieceTrainer breaks ties in hash order,
+    # so its vocabulary (and hence every tiny checkpoint) would differ between processes.
+    words: Counter[str] = Counter()
+    for sentence in corpus:
+        normalised = normalizer.normalize_str(sentence)
+        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalised))
+    characters = sorted({char for word in words for char in word})
+    vocab_tokens = [
+        *_SPECIAL_TOKENS,
+        *characters,
+        *(f"##{char}" for char in characters),
+    ]
+    ranked_words = sorted((w for w in words if len(w) > 1), key=lambda w: (-words[w], w))
+    vocab_tokens += ranked_words[: max(0, vocab_size - len(vocab_tokens))]
+    vocab = {token: index for index, token in enumerate(vocab_tokens)}
+
+    tokenizer = Tokenizer(
+        models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100)
     )
-    tokenizer.train_from_iterator(list(corpus), trainer=trainer)
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
     cls_id = tokenizer.token_to_id("[CLS]")
     sep_id = tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(

@@ -58,26 +58,29 @@ def test_logits_match_sentence_transformers_cross_encoder(
 def test_scores_do_not_depend_on_batch_composition_or_order(
     checkpoints: dict[str, Path], arch: str
 ) -> None:
-    """Token budgets that force different batches, and shuffled inputs, give the same scores."""
+    """Token budgets that force different batches, and shuffled inputs, give the same scores.
+
+    The score cache is off so every variant really runs the model.
+    """
     path = str(checkpoints[f"{arch}-rerank"])
-    wide = get_engine(path, max_length=128, token_budget=100_000).score_pairs(PAIRS)
-    narrow = get_engine(path, max_length=128, token_budget=40).score_pairs(PAIRS)
+    wide = get_engine(path, max_length=128, token_budget=100_000, cache_size=0).score_pairs(PAIRS)
+    narrow = get_engine(path, max_length=128, token_budget=40, cache_size=0).score_pairs(PAIRS)
     np.testing.assert_allclose(_logits(wide), _logits(narrow), atol=1e-5)
 
     order = list(range(len(PAIRS)))
     random.Random(7).shuffle(order)
-    shuffled = get_engine(path, max_length=128).score_pairs([PAIRS[i] for i in order])
+    shuffled = get_engine(path, max_length=128, cache_size=0).score_pairs([PAIRS[i] for i in order])
     np.testing.assert_allclose(_logits(shuffled), _logits(wide)[order], atol=1e-5)
 
 
 def test_token_budget_bounds_the_padded_batch(checkpoints: dict[str, Path]) -> None:
     """A small budget splits the work into more forward passes, never a larger one."""
     path = str(checkpoints["bert-rerank"])
-    engine = get_engine(path, max_length=128, token_budget=64)
+    engine = get_engine(path, max_length=128, token_budget=64, cache_size=0)
     before = engine.forward_passes
     engine.score_pairs(PAIRS)
     small_budget_passes = engine.forward_passes - before
-    big = get_engine(path, max_length=128, token_budget=100_000)
+    big = get_engine(path, max_length=128, token_budget=100_000, cache_size=0)
     before = big.forward_passes
     big.score_pairs(PAIRS)
     assert big.forward_passes - before == 1
@@ -135,7 +138,8 @@ def test_concurrent_first_use_loads_the_model_once(tmp_path: Path) -> None:
 def test_concurrent_callers_get_their_own_results(checkpoints: dict[str, Path]) -> None:
     """Many threads with different queries each get exactly the single-caller result."""
     path = str(checkpoints["modernbert-osmosis"])
-    engine = get_engine(path, max_length=128)
+    # No score cache: every caller's pairs must really go through shared forward passes.
+    engine = get_engine(path, max_length=128, cache_size=0)
     reference = {i: engine.score_pairs([PAIRS[i]])[0] for i in range(len(PAIRS))}
     failures: list[str] = []
 
