@@ -63,6 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--query", default="what causes rain?")
     parser.add_argument("--top-n", type=int, default=3)
     parser.add_argument(
+        "--action-upper",
+        type=float,
+        default=0.6,
+        help="relevance probability at or above which one document makes the action correct",
+    )
+    parser.add_argument(
+        "--action-lower",
+        type=float,
+        default=0.2,
+        help="relevance probability below which all documents must fall for incorrect",
+    )
+    parser.add_argument(
         "--grade-threshold",
         type=float,
         default=None,
@@ -112,12 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     grade_threshold = args.grade_threshold
     if grade_threshold is None:
         grade_threshold = 0.2 if args.demo else 0.5
+    # The CRAG action needs relevance scores: a reranker or a grader (not a highlighter alone).
+    scored = bool(reranker or grader)
     compressor = CragCompressor(
         reranker=CrossEncoderRerank(model=reranker, top_n=args.top_n) if reranker else None,
         relevance_filter=RelevanceGraderFilter(model=grader, threshold=grade_threshold)
         if grader
         else None,
         trimmer=EvidenceTrimmer(model=highlighter, on_no_evidence="keep") if highlighter else None,
+        action_upper=args.action_upper if scored else None,
+        action_lower=args.action_lower if scored else None,
     )
     store = InMemoryVectorStore(embedding=DeterministicFakeEmbedding(size=64))
     store.add_documents(
@@ -137,12 +153,26 @@ def main(argv: list[str] | None = None) -> int:
         md = doc.metadata
         score = md.get("relevance_score")
         shown = f"{score:.3f}" if isinstance(score, float) else "-"
-        print(f"- {md['source']} relevance_score={shown} label={md.get('crag_label', '-')}")
+        print(
+            f"- {md['source']} relevance_score={shown} label={md.get('crag_label', '-')} "
+            f"crag_action={md.get('crag_action', '-')}"
+        )
         print(f"    {doc.page_content!r}")
         for span in md.get("crag_spans", []):
             print(f"    span [{span['start']}:{span['end']}] score={span['score']:.2f}")
     async_docs = asyncio.run(retriever.ainvoke(args.query))
     print(f"async result identical: {async_docs == docs}")
+    if scored:
+        # An agent branches on the action; evaluate_action returns it with the documents,
+        # even when no document survives.
+        retrieved = retriever.base_retriever.invoke(args.query)
+        decided = compressor.evaluate_action(args.query, retrieved)
+        next_step = {
+            "correct": "refine the retrieved documents",
+            "ambiguous": "refine them and also search the web",
+            "incorrect": "rewrite the query and search the web",
+        }[decided.action]
+        print(f"CRAG action: {decided.action} -> {next_step}")
     workdir.cleanup()
     return 0
 

@@ -7,7 +7,7 @@ import copy
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -27,15 +27,21 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 from pydantic import ValidationError
 
+import crag_integrations.langchain as lc
 from crag_integrations import EngineConfig, get_engine
+from crag_integrations.crag import CragEvaluator, KnowledgeRefiner, decide_action
 from crag_integrations.langchain import (
     COMPRESSION_EVENT,
+    CragCompression,
     CragCompressor,
     CragCrossEncoder,
+    CragEvaluatorCompressor,
     CrossEncoderRerank,
     EvidenceTrimmer,
+    KnowledgeRefinerTrimmer,
     RelevanceGraderFilter,
 )
+from crag_integrations.pipeline import action_scores
 
 QUERY = "what causes rain?"
 TEXTS = (
@@ -63,19 +69,62 @@ def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-Compressor = CrossEncoderRerank | RelevanceGraderFilter | EvidenceTrimmer | CragCompressor
+Compressor = (
+    CrossEncoderRerank
+    | RelevanceGraderFilter
+    | EvidenceTrimmer
+    | CragCompressor
+    | CragEvaluatorCompressor
+    | KnowledgeRefinerTrimmer
+)
 Builder = Callable[[dict[str, Path]], Compressor]
 
+
+def _median_grade(checkpoints: dict[str, Path]) -> float:
+    """The tiny grader's median relevance probability on TEXTS: a threshold that keeps
+    about half of them whatever random weights this session's checkpoint drew (the tiny
+    tokenizer, hence the weights, can differ between processes)."""
+    grader = RelevanceGraderFilter(model=str(checkpoints["bert-binary"])).role
+    return _median([g.probability for g in grader.grade(QUERY, TEXTS)])
+
+
+# The composites' grader threshold is the median over all TEXTS: at least 3 of the 6 (and
+# of any 5 retrieved, at least 2) reach it, so at least one of the reranker's top 4 does.
 BUILDERS: dict[str, Builder] = {
     "rerank": lambda c: CrossEncoderRerank(model=str(c["bert-rerank"]), top_n=3),
-    "filter": lambda c: RelevanceGraderFilter(model=str(c["bert-binary"]), threshold=0.5),
+    "filter": lambda c: RelevanceGraderFilter(
+        model=str(c["bert-binary"]), threshold=_median_grade(c)
+    ),
     "trim": lambda c: EvidenceTrimmer(model=str(c["bert-token"]), threshold=0.4),
     "crag": lambda c: CragCompressor(
         reranker=CrossEncoderRerank(model=str(c["bert-rerank"]), top_n=4),
-        relevance_filter=RelevanceGraderFilter(model=str(c["bert-binary"]), threshold=0.3),
+        relevance_filter=RelevanceGraderFilter(
+            model=str(c["bert-binary"]), threshold=_median_grade(c)
+        ),
         trimmer=EvidenceTrimmer(model=str(c["bert-token"]), on_no_evidence="drop"),
     ),
+    "crag-action": lambda c: CragCompressor(
+        reranker=CrossEncoderRerank(model=str(c["bert-rerank"]), top_n=4),
+        relevance_filter=RelevanceGraderFilter(
+            model=str(c["bert-binary"]), threshold=_median_grade(c)
+        ),
+        action_upper=0.6,
+        action_lower=0.2,
+    ),
+    "evaluate": lambda c: CragEvaluatorCompressor(model=str(c["bert-osmosis"]), upper=0.4),
+    "refine": lambda c: KnowledgeRefinerTrimmer(
+        model=str(c["bert-rerank"]), threshold=None, top_k=2, on_no_evidence="drop"
+    ),
 }
+
+
+def _core(compressor: Compressor) -> object:
+    """The model-free core object a compressor translates for (equal configs, equal cores)."""
+    if isinstance(compressor, CragEvaluatorCompressor):
+        return compressor.evaluator
+    if isinstance(compressor, KnowledgeRefinerTrimmer):
+        return compressor.refiner
+    return compressor.pipeline
 
 
 class _Recorder(BaseCallbackHandler):
@@ -341,6 +390,7 @@ def test_crag_compressor_equals_the_pipeline_it_translates(checkpoints: dict[str
     """The composite runs rerank -> filter -> trim once; kept documents and their
     metadata are the pipeline's result, relevance_score being the reranker's."""
     compressor = BUILDERS["crag"](checkpoints)
+    assert isinstance(compressor, CragCompressor)
     result = compressor.pipeline.run(QUERY, TEXTS)
     out = compressor.compress_documents(_documents(), QUERY)
     assert len(out) + len(result.dropped) == len(TEXTS)
@@ -378,7 +428,7 @@ def test_config_round_trips_and_is_frozen(name: str, checkpoints: dict[str, Path
     compressor = BUILDERS[name](checkpoints)
     rebuilt = type(compressor)(**compressor.model_dump())
     assert rebuilt == compressor
-    assert rebuilt.pipeline == compressor.pipeline
+    assert _core(rebuilt) == _core(compressor)
     with pytest.raises(ValidationError, match="unknown"):
         type(compressor)(**{**compressor.model_dump(), "unknown": 1})
     first_field = next(iter(type(compressor).model_fields))
@@ -517,3 +567,282 @@ def test_cross_encoder_keeps_pair_order_across_queries(checkpoints: dict[str, Pa
     assert scores == asyncio.run(encoder.ascore(pairs))
     grades = encoder.role.grade(QUERY, [TEXTS[0], TEXTS[1]])
     assert [scores[0], scores[2]] == [g.probability for g in grades]
+
+
+def test_langchain_public_api_is_pinned() -> None:
+    """The adapter module's __all__ is exactly this list (changing it is deliberate)."""
+    assert sorted(lc.__all__) == [
+        "COMPRESSION_EVENT",
+        "CragCompression",
+        "CragCompressor",
+        "CragCrossEncoder",
+        "CragEvaluatorCompressor",
+        "CrossEncoderRerank",
+        "EvidenceTrimmer",
+        "KnowledgeRefinerTrimmer",
+        "RelevanceGraderFilter",
+    ]
+    for name in lc.__all__:
+        assert hasattr(lc, name), name
+
+
+# --- the CRAG action ------------------------------------------------------------------
+
+
+def _three_actions(scores: Sequence[float]) -> dict[str, tuple[float, float]]:
+    """(upper, lower) per action, picked from real scores so each action must come out."""
+    top, bottom = max(scores), min(scores)
+    assert bottom < top < 1.0
+    above_all = (top + 1.0) / 2
+    return {
+        "correct": (top, bottom),
+        "ambiguous": (above_all, bottom),
+        "incorrect": (above_all, above_all),
+    }
+
+
+@pytest.mark.parametrize("model", ["bert-rerank", "bert-binary", "bert-osmosis"])
+def test_evaluator_compressor_writes_the_evaluators_action_and_bands(
+    model: str, checkpoints: dict[str, Path]
+) -> None:
+    """For a reranker, a binary and a multi-class grader, and thresholds giving each of the
+    three actions, every output document carries the action and band that CragEvaluator
+    computes on the same texts; the direct API returns the same evaluation; nothing is
+    dropped or reordered by default; sync and async agree."""
+    path = str(checkpoints[model])
+    probe = CragEvaluator(model=path).evaluate(QUERY, TEXTS)
+    seen = set()
+    for expected_action, (upper, lower) in _three_actions(probe.scores).items():
+        compressor = CragEvaluatorCompressor(model=path, upper=upper, lower=lower)
+        expected = CragEvaluator(model=path, upper=upper, lower=lower).evaluate(QUERY, TEXTS)
+        assert expected.action == expected_action
+        documents = _documents()
+        assert compressor.evaluate(QUERY, documents) == expected
+        assert asyncio.run(compressor.aevaluate(QUERY, documents)) == expected
+        out = compressor.compress_documents(documents, QUERY)
+        assert out == asyncio.run(compressor.acompress_documents(documents, QUERY))
+        assert [d.id for d in out] == [d.id for d in documents]
+        for index, doc in enumerate(out):
+            assert doc.page_content == documents[index].page_content
+            assert doc.metadata["crag_original_index"] == index
+            assert doc.metadata["crag_action"] == expected.action
+            assert doc.metadata["crag_document_action"] == expected.document_actions[index]
+            assert doc.metadata["relevance_score"] == expected.scores[index]
+            assert doc.metadata["source"] == f"doc-{index}"
+        seen.add(out[0].metadata["crag_action"])
+    assert seen == {"correct", "ambiguous", "incorrect"}
+
+
+def test_evaluator_compressor_drops_incorrect_documents_only_when_asked(
+    checkpoints: dict[str, Path],
+) -> None:
+    """drop_incorrect_documents removes exactly the documents whose own band is incorrect
+    (keeping input order), the survivors still carry the query-level action, and the
+    event reports the action and the drops."""
+    path = str(checkpoints["bert-rerank"])
+    scores = CragEvaluator(model=path).evaluate(QUERY, TEXTS).scores
+    upper, lower = max(scores), _median(list(scores))
+    expected = CragEvaluator(model=path, upper=upper, lower=lower).evaluate(QUERY, TEXTS)
+    incorrect = [i for i, band in enumerate(expected.document_actions) if band == "incorrect"]
+    assert 0 < len(incorrect) < len(TEXTS)
+    compressor = CragEvaluatorCompressor(
+        model=path, upper=upper, lower=lower, drop_incorrect_documents=True
+    )
+    recorder = _Recorder()
+    out = compressor.compress_documents(_documents(), QUERY, callbacks=[recorder])
+    assert [d.metadata["crag_original_index"] for d in out] == [
+        i for i in range(len(TEXTS)) if i not in incorrect
+    ]
+    assert {d.metadata["crag_action"] for d in out} == {"correct"}
+    assert "incorrect" not in {d.metadata["crag_document_action"] for d in out}
+    ((name, data, _run_id),) = recorder.events
+    assert name == COMPRESSION_EVENT
+    assert data["compressor"] == "CragEvaluatorCompressor"
+    assert data["action"] == "correct"
+    assert data["dropped_by_reason"] == {"incorrect": len(incorrect)}
+    assert (data["documents_in"], data["documents_out"]) == (len(TEXTS), len(out))
+
+    keep_all = CragEvaluatorCompressor(model=path, upper=upper, lower=lower)
+    assert len(keep_all.compress_documents(_documents(), QUERY)) == len(TEXTS)
+
+
+def test_no_documents_means_incorrect_and_nothing_scored(checkpoints: dict[str, Path]) -> None:
+    """With no documents the direct APIs say "incorrect" (sync and async), compressing
+    returns [], the event carries the action, and no model is loaded."""
+    # A model no other test in this module loads, so "nothing loaded" is observable.
+    config = EngineConfig(model=str(checkpoints["deberta-v2-osmosis"]), device="cpu")
+    evaluator = CragEvaluatorCompressor(model=config)
+    assert evaluator.evaluate(QUERY, []).action == "incorrect"
+    assert asyncio.run(evaluator.aevaluate(QUERY, [])).scores == ()
+    recorder = _Recorder()
+    assert evaluator.compress_documents([], QUERY, callbacks=[recorder]) == []
+    assert recorder.events[0][1]["action"] == "incorrect"
+
+    crag = CragCompressor(
+        relevance_filter=RelevanceGraderFilter(model=config), action_upper=0.6, action_lower=0.2
+    )
+    empty = CragCompression(action="incorrect", documents=(), scores=())
+    assert crag.evaluate_action(QUERY, []) == empty
+    assert asyncio.run(crag.aevaluate_action(QUERY, [])) == empty
+    assert crag.compress_documents([], QUERY) == []
+    assert not evaluator.evaluator.engine.is_loaded
+
+
+@pytest.mark.parametrize("with_grader", [True, False])
+def test_crag_compressor_action_is_decided_on_the_pipelines_action_scores(
+    with_grader: bool, checkpoints: dict[str, Path]
+) -> None:
+    """With action thresholds, crag_action on every output document, the event's action
+    and evaluate_action() all equal decide_action(action_scores(result)) (grades when a
+    grader runs, reranker probabilities otherwise); thresholds picked from those scores
+    give each of the three actions; evaluate_action returns exactly compress_documents'
+    documents, sync and async."""
+    reranker = CrossEncoderRerank(model=str(checkpoints["bert-rerank"]), top_n=4)
+    grader = RelevanceGraderFilter(model=str(checkpoints["bert-binary"]), threshold=0.0)
+    stages: dict[str, Any] = {
+        "reranker": reranker,
+        "relevance_filter": grader if with_grader else None,
+    }
+    result = CragCompressor(**stages).pipeline.run(QUERY, TEXTS)
+    scores = action_scores(result)
+    assert len(scores) == (4 if with_grader else len(TEXTS))
+    seen = set()
+    for expected_action, (upper, lower) in _three_actions(scores).items():
+        assert decide_action(scores, upper=upper, lower=lower) == expected_action
+        crag = CragCompressor(**stages, action_upper=upper, action_lower=lower)
+        recorder = _Recorder()
+        decided = crag.evaluate_action(QUERY, _documents(), callbacks=[recorder])
+        assert decided.action == expected_action
+        assert decided.scores == tuple(scores)
+        assert asyncio.run(crag.aevaluate_action(QUERY, _documents())) == decided
+        out = crag.compress_documents(_documents(), QUERY)
+        assert list(decided.documents) == out
+        assert len(out) == 4
+        assert {d.metadata["crag_action"] for d in out} == {expected_action}
+        assert recorder.events[0][1]["action"] == expected_action
+        seen.add(decided.action)
+    assert seen == {"correct", "ambiguous", "incorrect"}
+
+
+def test_crag_compressor_without_thresholds_decides_no_action(
+    checkpoints: dict[str, Path],
+) -> None:
+    """Without action thresholds no crag_action is written nor reported, and
+    evaluate_action fails with a message saying what to set."""
+    crag = BUILDERS["crag"](checkpoints)
+    assert isinstance(crag, CragCompressor)
+    recorder = _Recorder()
+    out = crag.compress_documents(_documents(), QUERY, callbacks=[recorder])
+    assert out
+    assert all("crag_action" not in d.metadata for d in out)
+    assert "action" not in recorder.events[0][1]
+    with pytest.raises(ValueError, match="action_upper and action_lower"):
+        crag.evaluate_action(QUERY, _documents())
+
+
+def test_action_settings_fail_at_construction(checkpoints: dict[str, Path]) -> None:
+    """Half-set, inverted or out-of-range action thresholds, thresholds with no scoring
+    stage, and invalid evaluator/refiner settings fail when built."""
+    rerank = CrossEncoderRerank(model=str(checkpoints["bert-rerank"]))
+    trim = EvidenceTrimmer(model=str(checkpoints["bert-token"]))
+    with pytest.raises(ValidationError, match="both action_upper and action_lower"):
+        CragCompressor(reranker=rerank, action_upper=0.6)
+    with pytest.raises(ValidationError, match="must not exceed"):
+        CragCompressor(reranker=rerank, action_upper=0.2, action_lower=0.6)
+    with pytest.raises(ValidationError):
+        CragCompressor(reranker=rerank, action_upper=1.5, action_lower=0.2)
+    with pytest.raises(ValidationError, match="reranker or a relevance_filter"):
+        CragCompressor(trimmer=trim, action_upper=0.6, action_lower=0.2)
+    path = str(checkpoints["bert-binary"])
+    with pytest.raises(ValidationError, match="must not exceed"):
+        CragEvaluatorCompressor(model=path, upper=0.2, lower=0.6)
+    with pytest.raises(ValidationError, match="scale='logit'"):
+        CragEvaluatorCompressor(model=path, upper=0.592, lower=-0.995)
+    CragEvaluatorCompressor(model=path, upper=0.592, lower=-0.995, scale="logit")  # cheap
+    with pytest.raises(ValidationError, match="threshold, top_k or both"):
+        KnowledgeRefinerTrimmer(model=path, threshold=None)
+    with pytest.raises(ValidationError):
+        KnowledgeRefinerTrimmer(model=path, mode="paragraphs")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        KnowledgeRefinerTrimmer(model=path, on_no_evidence="maybe")  # type: ignore[arg-type]
+
+
+# --- knowledge refinement -------------------------------------------------------------
+
+REFINE_TEXTS = (
+    f"{TEXTS[0]} {TEXTS[1]} Drops grow heavy and fall.",
+    f"{TEXTS[2]}  {TEXTS[3]}",
+    TEXTS[4],
+    "",
+    "   ",
+)
+
+
+@pytest.mark.parametrize("policy", ["keep", "drop"])
+def test_refiner_trimmer_keeps_relevant_strips_with_original_offsets(
+    policy: str, checkpoints: dict[str, Path]
+) -> None:
+    """page_content becomes the kept strips joined in order; crag_strips index the
+    original content; crag_num_strips counts all strips; documents with no kept strip
+    (the empty and blank ones always) are kept whole or dropped by policy; every strip
+    of every document is scored in one forward pass; sync and async agree."""
+    # No score cache: every call below really runs the model, on the same batch of strips.
+    path = EngineConfig(model=str(checkpoints["bert-rerank"]), cache_size=0)
+    probe = KnowledgeRefiner(model=path, threshold=0.0).refine(QUERY, REFINE_TEXTS)
+    threshold = _median([s.score for d in probe for s in d.strips])
+    expected = KnowledgeRefiner(model=path, threshold=threshold).refine(QUERY, REFINE_TEXTS)
+    with_strips = [d.index for d in expected if d.strips]
+    assert with_strips
+    assert set(with_strips) <= {0, 1, 2}
+    assert sum(len(d.strips) for d in expected) < sum(d.num_strips for d in expected)
+
+    trimmer = KnowledgeRefinerTrimmer(
+        model=path,
+        threshold=threshold,
+        on_no_evidence=policy,  # type: ignore[arg-type]
+    )
+    documents = [
+        Document(page_content=text, metadata={"source": f"r-{i}"}, id=f"r-{i}")
+        for i, text in enumerate(REFINE_TEXTS)
+    ]
+    before = get_engine(path).forward_passes
+    recorder = _Recorder()
+    out = trimmer.compress_documents(documents, QUERY, callbacks=[recorder])
+    assert get_engine(path).forward_passes - before == 1
+    assert out == asyncio.run(trimmer.acompress_documents(documents, QUERY))
+    kept = with_strips if policy == "drop" else list(range(len(REFINE_TEXTS)))
+    assert [d.metadata["crag_original_index"] for d in out] == kept
+    assert [d.id for d in out] == [f"r-{i}" for i in kept]
+    for doc in out:
+        refined = expected[doc.metadata["crag_original_index"]]
+        original = REFINE_TEXTS[refined.index]
+        assert doc.metadata["crag_num_strips"] == refined.num_strips
+        assert doc.metadata["crag_strips"] == [
+            {"start": s.start, "end": s.end, "text": s.text, "score": s.score}
+            for s in refined.strips
+        ]
+        for strip in doc.metadata["crag_strips"]:
+            assert original[strip["start"] : strip["end"]] == strip["text"]
+            assert strip["score"] >= threshold
+        assert doc.metadata["crag_trimmed"] is bool(refined.strips)
+        assert doc.page_content == (refined.refined_text if refined.strips else original)
+        assert "relevance_score" not in doc.metadata
+    data = recorder.events[0][1]
+    dropped = len(REFINE_TEXTS) - len(with_strips) if policy == "drop" else 0
+    assert data["dropped_by_reason"] == ({"no_evidence": dropped} if dropped else {})
+    assert "action" not in data
+
+
+def test_refiner_trimmer_top_k_counts_across_documents(checkpoints: dict[str, Path]) -> None:
+    """top_k keeps the k best strips over all documents (as the CRAG reference does), so
+    the output holds exactly k strips in total, and word windows are offsets too."""
+    trimmer = KnowledgeRefinerTrimmer(
+        model=str(checkpoints["bert-binary"]), mode="words", window_words=4, threshold=None, top_k=3
+    )
+    out = trimmer.compress_documents([Document(page_content=t) for t in REFINE_TEXTS[:3]], QUERY)
+    assert sum(len(d.metadata["crag_strips"]) for d in out) == 3
+    for doc in out:
+        original = REFINE_TEXTS[doc.metadata["crag_original_index"]]
+        for strip in doc.metadata["crag_strips"]:
+            assert original[strip["start"] : strip["end"]] == strip["text"]
+            assert len(strip["text"].split()) <= 4
