@@ -1,4 +1,4 @@
-"""Rerank, filter and trim the nodes of a LlamaIndex query engine.
+"""Rerank, filter and trim the nodes of a LlamaIndex query engine; branch on the CRAG action.
 
 Runs fully offline with ``--demo``: tiny, randomly initialised checkpoints are built in a
 temporary directory. Their scores are MEANINGLESS; the demo only shows the plumbing (which
@@ -25,9 +25,13 @@ from pathlib import Path
 from llama_index.core import VectorStoreIndex
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.llms import MockLLM
-from llama_index.core.schema import TextNode
+from llama_index.core.schema import NodeWithScore, TextNode
 
-from crag_integrations.llama_index import CragPostprocessor
+from crag_integrations.llama_index import (
+    CragEvaluatorPostprocessor,
+    CragPostprocessor,
+    KnowledgeRefinerTrimmer,
+)
 
 PASSAGES = (
     "Rain forms when water vapor in the atmosphere condenses into droplets that grow "
@@ -61,6 +65,9 @@ def run(query: str, reranker: str | None, grader: str | None, highlighter: str |
         top_n=3,
         relevance_threshold=0.5,
         min_span_chars=5,
+        # The CRAG action needs relevance scores: a reranker or a grader.
+        action_upper=0.6 if (reranker or grader) else None,
+        action_lower=0.2 if (reranker or grader) else None,
     )
     engine = index.as_query_engine(
         llm=MockLLM(), similarity_top_k=len(PASSAGES), node_postprocessors=[crag]
@@ -77,8 +84,35 @@ def run(query: str, reranker: str | None, grader: str | None, highlighter: str |
     # process() to see what was dropped and why.
     asyncio.run(engine.aquery(query))
     retrieved = index.as_retriever(similarity_top_k=len(PASSAGES)).retrieve(query)
-    for dropped in crag.process(retrieved, query_str=query).dropped:
+    processed = crag.process(retrieved, query_str=query)
+    for dropped in processed.dropped:
         print(f"dropped {dropped.node.node_id}: {dropped.reason}")
+    print(f"CRAG action decided by CragPostprocessor: {processed.action}")
+
+    scorer = grader or reranker
+    if scorer is not None:
+        branch_on_action(query, retrieved, scorer)
+
+
+def branch_on_action(query: str, retrieved: list[NodeWithScore], scorer: str) -> None:
+    """The CRAG evaluator's action, then knowledge refinement, as an agent would branch."""
+    evaluator = CragEvaluatorPostprocessor(model=scorer, upper=0.6, lower=0.2)
+    refiner = KnowledgeRefinerTrimmer(model=scorer, threshold=0.5)
+    graded = evaluator.process(retrieved, query_str=query)
+    print(f"CRAG evaluator: action={graded.action}")
+    for node in graded.kept:
+        band = node.metadata["crag_document_action"]
+        print(f"- {node.node_id}  score={node.score:.3f}  band={band}")
+    if graded.action == "incorrect":
+        print("-> incorrect: discard retrieval and search the web (not part of this demo)")
+        return
+    if graded.action == "ambiguous":
+        print("-> ambiguous: refine retrieval and add web results (web not part of this demo)")
+    for node in refiner.postprocess_nodes(graded.kept, query_str=query):
+        strips = node.metadata["crag_strips"]
+        total = node.metadata["crag_num_strips"]
+        kept = repr(node.text) if strips else "none (on_no_evidence='keep': text kept whole)"
+        print(f"  refined {node.node_id}: {len(strips)}/{total} strip(s) kept: {kept}")
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import pickle
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.llms import MockLLM
 from llama_index.core.schema import (
+    MetadataMode,
     NodeRelationship,
     NodeWithScore,
     QueryBundle,
@@ -31,12 +33,16 @@ from llama_index.core.schema import (
 from pydantic import ValidationError
 
 from crag_integrations import EvidenceHighlighter, RelevanceGrader, Reranker
+from crag_integrations.crag import CragEvaluator, KnowledgeRefiner, decide_action
 from crag_integrations.llama_index import (
+    CragEvaluatorPostprocessor,
     CragPostprocessor,
     CrossEncoderRerank,
     EvidenceTrimmer,
+    KnowledgeRefinerTrimmer,
     RelevanceFilter,
 )
+from crag_integrations.pipeline import action_scores
 
 QUERY = "what causes rain?"
 TEXTS = (
@@ -378,7 +384,9 @@ def test_retriever_only_flow(index: VectorStoreIndex, grader_path: str) -> None:
 # -- edge cases and contracts -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["rerank", "filter", "trim", "crag"])
+@pytest.mark.parametrize(
+    "kind", ["rerank", "filter", "trim", "crag", "crag-action", "evaluator", "refiner"]
+)
 def test_inputs_are_never_mutated(
     kind: str, reranker_path: str, grader_path: str, highlighter_path: str, trim: dict[str, Any]
 ) -> None:
@@ -390,6 +398,11 @@ def test_inputs_are_never_mutated(
         "crag": lambda: CragPostprocessor(
             reranker_model=reranker_path, highlighter_model=highlighter_path
         ),
+        "crag-action": lambda: CragPostprocessor(
+            reranker_model=reranker_path, action_upper=0.6, action_lower=0.2
+        ),
+        "evaluator": lambda: CragEvaluatorPostprocessor(model=grader_path),
+        "refiner": lambda: KnowledgeRefinerTrimmer(model=grader_path, threshold=0.0),
     }[kind]()
     nodes = make_nodes()
     before = snapshot(nodes)
@@ -407,8 +420,6 @@ def test_inputs_are_never_mutated(
 
 def test_written_keys_stay_out_of_prompts_and_embeddings(reranker_path: str) -> None:
     """crag_* keys and retrieval_score are excluded from the LLM and embedding text."""
-    from llama_index.core.schema import MetadataMode
-
     out = CrossEncoderRerank(model=reranker_path).postprocess_nodes(make_nodes(), query_str=QUERY)
     node = out[0].node
     for mode in (MetadataMode.LLM, MetadataMode.EMBED):
@@ -477,7 +488,7 @@ def test_config_is_frozen_and_strict(reranker_path: str) -> None:
     rerank.callback_manager = CallbackManager([])  # query engines assign this one
 
 
-@pytest.mark.parametrize("kind", ["rerank", "filter", "trim", "crag"])
+@pytest.mark.parametrize("kind", ["rerank", "filter", "trim", "crag", "crag-action"])
 def test_serialisation_round_trips_reattach_the_pipeline(
     kind: str, reranker_path: str, grader_path: str, highlighter_path: str, trim: dict[str, Any]
 ) -> None:
@@ -487,6 +498,10 @@ def test_serialisation_round_trips_reattach_the_pipeline(
         "filter": (RelevanceFilter, {"model": grader_path, "relevant_labels": ("relevant",)}),
         "trim": (EvidenceTrimmer, {"model": highlighter_path, **trim}),
         "crag": (CragPostprocessor, {"grader_model": grader_path, "top_n": None}),
+        "crag-action": (
+            CragPostprocessor,
+            {"grader_model": grader_path, "action_upper": 0.7, "action_lower": 0.3},
+        ),
     }[kind]
     post = cls(**kwargs)
     data = post.to_dict()
@@ -547,3 +562,285 @@ def test_construction_loads_nothing_and_validates_through_the_role() -> None:
     assert post.pipeline.reranker.top_n == 2
     with pytest.raises(ValueError, match="top_n must be >= 0"):
         CrossEncoderRerank(model="org/model-that-does-not-exist", top_n=-1)
+
+
+# -- CRAG action and knowledge refinement -------------------------------------------------
+
+# (model key, scale, relevant_labels) of the evaluators the action tests run on.
+EVALUATORS = {
+    "binary": ("bert-binary", "probability", None),
+    "rerank-logit": ("bert-rerank", "logit", None),
+    "osmosis": ("bert-osmosis", "probability", ("ADDR_DIRECT", "ADDR_PARTIAL")),
+}
+
+
+def action_thresholds(
+    scores: list[float], action: str, ceiling: float = 1.0
+) -> tuple[float, float]:
+    """(upper, lower), chosen from the actual scores, under which ``action`` is decided.
+
+    correct: the best score reaches upper. ambiguous: none does, and only the worst
+    falls below lower (so every band occurs except correct). incorrect: all fall below.
+    ``ceiling`` is the largest allowed threshold (``inf`` on the logit scale).
+    """
+    ordered = sorted(scores)
+    above = ordered[-1] + min(1e-3, (ceiling - ordered[-1]) / 2)
+    return {
+        "correct": (ordered[-1], ordered[0]),
+        "ambiguous": (above, ordered[1]),
+        "incorrect": (above, above),
+    }[action]
+
+
+def evaluator_options(checkpoints: dict[str, Path], which: str, action: str) -> dict[str, Any]:
+    key, scale, labels = EVALUATORS[which]
+    options: dict[str, Any] = {
+        "model": str(checkpoints[key]),
+        "scale": scale,
+        "relevant_labels": labels,
+    }
+    ceiling = math.inf if scale == "logit" else 1.0
+    free = CragEvaluator(**options, upper=min(ceiling, 1e9), lower=-1e9 if ceiling > 1 else 0.0)
+    scores = list(free.evaluate(QUERY, list(TEXTS)).scores)
+    upper, lower = action_thresholds(scores, action, ceiling)
+    return {**options, "upper": upper, "lower": lower}
+
+
+@pytest.mark.parametrize("action", ["correct", "ambiguous", "incorrect"])
+@pytest.mark.parametrize("which", list(EVALUATORS))
+def test_evaluator_writes_the_evaluators_action(
+    which: str, action: str, checkpoints: dict[str, Path]
+) -> None:
+    """Each copy carries CragEvaluator's action, its own band and its score, in input order."""
+    options = evaluator_options(checkpoints, which, action)
+    expected = CragEvaluator(**options).evaluate(QUERY, list(TEXTS))
+    assert expected.action == action, "premise: the thresholds select this action"
+    post = CragEvaluatorPostprocessor(**options)
+    nodes = make_nodes()
+    out = post.postprocess_nodes(nodes, query_str=QUERY)
+    assert post.evaluate(nodes, query_str=QUERY) == expected
+    assert [n.node_id for n in out] == [n.node_id for n in nodes]
+    for i, (node, source) in enumerate(zip(out, nodes, strict=True)):
+        assert node.metadata["crag_action"] == action
+        assert node.metadata["crag_document_action"] == expected.document_actions[i]
+        assert node.metadata["crag_original_index"] == i
+        assert node.score == pytest.approx(expected.scores[i])
+        assert node.metadata["retrieval_score"] == source.score
+        assert node.text == source.text
+
+
+def test_evaluator_can_drop_incorrect_nodes(checkpoints: dict[str, Path]) -> None:
+    """drop_incorrect_nodes removes exactly the nodes whose own band is incorrect."""
+    options = evaluator_options(checkpoints, "binary", "ambiguous")
+    bands = CragEvaluator(**options).evaluate(QUERY, list(TEXTS)).document_actions
+    assert "incorrect" in bands and set(bands) != {"incorrect"}, "premise: mixed bands"
+    post = CragEvaluatorPostprocessor(**options, drop_incorrect_nodes=True)
+    processed = post.process(make_nodes(), query_str=QUERY)
+    assert processed.action == "ambiguous"
+    assert [n.node_id for n in processed.kept] == [
+        f"node-{i}" for i, band in enumerate(bands) if band != "incorrect"
+    ]
+    assert [d.node.node_id for d in processed.dropped] == [
+        f"node-{i}" for i, band in enumerate(bands) if band == "incorrect"
+    ]
+    assert {d.reason for d in processed.dropped} == {"incorrect"}
+    assert all(d.node.metadata["crag_drop_reason"] == "incorrect" for d in processed.dropped)
+    kept_by_default = CragEvaluatorPostprocessor(**options).postprocess_nodes(
+        make_nodes(), query_str=QUERY
+    )
+    assert len(kept_by_default) == len(TEXTS)
+
+
+def test_evaluator_without_nodes_says_incorrect(grader_path: str) -> None:
+    """No nodes: the direct API (sync and async) and process() report 'incorrect'."""
+    post = CragEvaluatorPostprocessor(model=grader_path)
+    for verdict in (
+        post.evaluate([], query_str=QUERY),
+        asyncio.run(post.aevaluate([], query_bundle=QueryBundle(QUERY))),
+        post.process([], query_str=QUERY).evaluation,
+    ):
+        assert verdict.action == "incorrect"
+        assert verdict.scores == () and verdict.document_actions == ()
+    assert post.postprocess_nodes([], query_str=QUERY) == []
+    with pytest.raises(ValueError, match="query_str"):
+        post.evaluate(make_nodes())
+
+
+def test_evaluator_sync_equals_async(checkpoints: dict[str, Path]) -> None:
+    """aprocess/aevaluate give exactly what process/evaluate give."""
+    post = CragEvaluatorPostprocessor(**evaluator_options(checkpoints, "osmosis", "ambiguous"))
+    sync, asynchronous = (
+        post.process(make_nodes(), query_str=QUERY),
+        asyncio.run(post.aprocess(make_nodes(), query_str=QUERY)),
+    )
+    assert asynchronous.evaluation == sync.evaluation
+    assert snapshot(asynchronous.kept) == snapshot(sync.kept)
+    assert asyncio.run(post.aevaluate(make_nodes(), query_str=QUERY)) == sync.evaluation
+
+
+@pytest.mark.parametrize("action", ["correct", "ambiguous", "incorrect"])
+def test_crag_postprocessor_decides_the_action(
+    action: str, reranker_path: str, grader_path: str
+) -> None:
+    """The action is decide_action over the pipeline's action scores, on result and nodes."""
+    probe = CragPostprocessor(reranker_model=reranker_path, grader_model=grader_path, top_n=3)
+    scores = action_scores(probe.pipeline.run(QUERY, list(TEXTS)))
+    upper, lower = action_thresholds(scores, action)
+    crag = CragPostprocessor(
+        reranker_model=reranker_path,
+        grader_model=grader_path,
+        top_n=3,
+        relevance_threshold=sorted(scores)[1],
+        action_upper=upper,
+        action_lower=lower,
+    )
+    processed = crag.process(make_nodes(), query_str=QUERY)
+    assert processed.action == decide_action(scores, upper=upper, lower=lower) == action
+    assert processed.kept and processed.dropped, "premise: some nodes kept, some dropped"
+    for node in [*processed.kept, *(d.node for d in processed.dropped)]:
+        assert node.metadata["crag_action"] == action
+        for mode in (MetadataMode.LLM, MetadataMode.EMBED):
+            assert "crag_action" not in node.node.get_content(metadata_mode=mode)
+    again = asyncio.run(crag.aprocess(make_nodes(), query_str=QUERY))
+    assert again.action == action and snapshot(again.kept) == snapshot(processed.kept)
+
+
+def test_crag_postprocessor_without_thresholds_decides_no_action(grader_path: str) -> None:
+    """Without action thresholds, no action is decided and no crag_action key is written."""
+    processed = CragPostprocessor(grader_model=grader_path, relevance_threshold=0.0).process(
+        make_nodes(), query_str=QUERY
+    )
+    assert processed.action is None
+    assert processed.kept and all("crag_action" not in n.metadata for n in processed.kept)
+
+
+def test_crag_action_thresholds_are_validated(grader_path: str, highlighter_path: str) -> None:
+    """Both thresholds or neither, lower <= upper, in [0, 1], and a stage that scores."""
+    with pytest.raises(ValueError, match="both"):
+        CragPostprocessor(grader_model=grader_path, action_upper=0.6)
+    with pytest.raises(ValueError, match="must not exceed"):
+        CragPostprocessor(grader_model=grader_path, action_upper=0.2, action_lower=0.6)
+    with pytest.raises(ValidationError):
+        CragPostprocessor(grader_model=grader_path, action_upper=1.5, action_lower=0.2)
+    with pytest.raises(ValueError, match="CragEvaluatorPostprocessor"):
+        CragPostprocessor(highlighter_model=highlighter_path, action_upper=0.6, action_lower=0.2)
+
+
+def refiner_threshold(grader_path: str) -> float:
+    """A strip threshold, found from the actual scores, under which about half of TEXTS
+    keep at least one strip and the others keep none."""
+    free = KnowledgeRefiner(model=grader_path, threshold=0.0).refine(QUERY, list(TEXTS))
+    best = sorted(max(s.score for s in d.strips) for d in free)
+    return best[len(best) // 2]
+
+
+def test_refiner_keeps_strips_with_original_offsets(grader_path: str) -> None:
+    """Copies hold the refined text; crag_strips point into the original text; char
+    indices move to the first and last kept characters; scores are unchanged."""
+    threshold = refiner_threshold(grader_path)
+    expected = KnowledgeRefiner(model=grader_path, threshold=threshold).refine(QUERY, list(TEXTS))
+    assert any(d.strips for d in expected) and not all(d.strips for d in expected), "premise"
+    nodes = make_nodes()
+    out = KnowledgeRefinerTrimmer(model=grader_path, threshold=threshold).postprocess_nodes(
+        nodes, query_str=QUERY
+    )
+    assert [n.node_id for n in out] == [n.node_id for n in nodes]
+    for node, source, refined in zip(out, nodes, expected, strict=True):
+        strips = node.metadata["crag_strips"]
+        assert node.score == source.score
+        assert node.metadata["crag_num_strips"] == refined.num_strips > 0
+        assert node.metadata["crag_trimmed"] == bool(strips)
+        assert [s["text"] for s in strips] == [s.text for s in refined.strips]
+        for strip in strips:
+            assert source.text[strip["start"] : strip["end"]] == strip["text"]
+        if strips:
+            assert node.text == refined.refined_text
+            assert node.node.start_char_idx == source.node.start_char_idx + strips[0]["start"]
+            assert node.node.end_char_idx == source.node.start_char_idx + strips[-1]["end"]
+        else:
+            assert node.text == source.text
+            assert node.node.start_char_idx == source.node.start_char_idx
+            assert node.node.end_char_idx == source.node.end_char_idx
+
+
+def test_refiner_keeps_or_drops_nodes_without_kept_strips(grader_path: str) -> None:
+    """on_no_evidence: 'keep' returns such nodes whole, 'drop' reports them as no_evidence."""
+    threshold = refiner_threshold(grader_path)
+    nodes = make_nodes((*TEXTS, ""))
+    kept = KnowledgeRefinerTrimmer(model=grader_path, threshold=threshold).process(
+        nodes, query_str=QUERY
+    )
+    assert len(kept.kept) == len(nodes) and kept.dropped == []
+    empty = kept.kept[-1]
+    assert empty.text == "" and empty.metadata["crag_strips"] == []
+    assert empty.metadata["crag_num_strips"] == 0
+    dropping = KnowledgeRefinerTrimmer(
+        model=grader_path, threshold=threshold, on_no_evidence="drop"
+    )
+    processed = dropping.process(nodes, query_str=QUERY)
+    without = [f"node-{d.index}" for d in kept.refined if not d.strips]
+    assert "node-4" in without
+    assert [d.node.node_id for d in processed.dropped] == without
+    assert {d.reason for d in processed.dropped} == {"no_evidence"}
+    assert all(n.metadata["crag_strips"] for n in processed.kept)
+    again = asyncio.run(dropping.aprocess(nodes, query_str=QUERY))
+    assert snapshot(again.kept) == snapshot(processed.kept)
+    assert [d.node.node_id for d in again.dropped] == without
+
+
+@pytest.mark.parametrize("kind", ["evaluator", "refiner"])
+def test_crag_classes_round_trip(kind: str, grader_path: str, recorder: Recorder) -> None:
+    """to_dict/from_dict, to_json/from_json and pickle re-attach an equal live evaluator or
+    refiner; each call sends the ReRank start/end events."""
+    post: CragEvaluatorPostprocessor | KnowledgeRefinerTrimmer
+    if kind == "evaluator":
+        post = CragEvaluatorPostprocessor(
+            model=grader_path, upper=0.9, lower=0.1, drop_incorrect_nodes=True
+        )
+    else:
+        post = KnowledgeRefinerTrimmer(
+            model=grader_path, mode="words", window_words=4, top_k=3, on_no_evidence="drop"
+        )
+    data = post.to_dict()
+    assert data["class_name"] == post.class_name() != "BaseNodePostprocessor"
+    copies = [
+        type(post).from_dict(data),
+        type(post).from_json(post.to_json()),
+        pickle.loads(pickle.dumps(post)),
+    ]
+    expected = post.postprocess_nodes(make_nodes(), query_str=QUERY)
+    for copy in copies:
+        assert type(copy) is type(post)
+        if isinstance(post, CragEvaluatorPostprocessor):
+            assert isinstance(copy, CragEvaluatorPostprocessor)
+            assert copy.evaluator == post.evaluator
+        else:
+            assert isinstance(copy, KnowledgeRefinerTrimmer)
+            assert copy.refiner == post.refiner
+        out = copy.postprocess_nodes(make_nodes(), query_str=QUERY)
+        assert snapshot(out) == snapshot(expected)
+    starts = [e for e in recorder.events if isinstance(e, ReRankStartEvent)]
+    ends = [e for e in recorder.events if isinstance(e, ReRankEndEvent)]
+    assert len(starts) == len(ends) == 1 + len(copies)
+    assert starts[0].model_name == grader_path and starts[0].top_n == len(TEXTS)
+    assert [n.node_id for n in ends[0].nodes] == [n.node_id for n in expected]
+
+
+def test_query_engine_branches_on_the_action(index: VectorStoreIndex, grader_path: str) -> None:
+    """In a query engine, evaluator then refiner: every source node carries the action
+    (for branching) and its kept strips; none of it reaches the prompt."""
+    evaluator = CragEvaluatorPostprocessor(model=grader_path)
+    refiner = KnowledgeRefinerTrimmer(model=grader_path, threshold=0.0)
+    engine = index.as_query_engine(
+        llm=MockLLM(), similarity_top_k=len(TEXTS), node_postprocessors=[evaluator, refiner]
+    )
+    expected = evaluator.evaluate(make_nodes(), query_str=QUERY).action
+    for response in (engine.query(QUERY), asyncio.run(engine.aquery(QUERY))):
+        sources = response.source_nodes
+        assert sorted(n.node_id for n in sources) == sorted(n.node_id for n in make_nodes())
+        assert {n.metadata["crag_action"] for n in sources} == {expected}
+        for node in sources:
+            assert node.metadata["crag_strips"]
+            assert node.text == " ".join(s["text"] for s in node.metadata["crag_strips"])
+            prompt = node.node.get_content(metadata_mode=MetadataMode.LLM)
+            assert "crag_" not in prompt and "file_name" in prompt
