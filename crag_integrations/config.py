@@ -39,7 +39,10 @@ class EngineConfig:
         cache_dir: Hugging Face cache directory; ``None`` uses the user's default cache.
         max_wait_ms: How long the model's owner thread waits for more callers before it
             runs a drain that has not yet filled one ``token_budget`` (milliseconds; ``0``
-            runs whatever is queued at once). Only concurrent callers gain from it.
+            runs whatever is queued at once, the default). Callers that arrive while a
+            forward pass runs are coalesced into the next one either way; a wait only helps
+            callers that arrive staggered, and every lone caller pays it (measured on an
+            H100 with MiniLM-L6: 2 ms cost a sequential caller about 30% throughput).
         max_queue: Requests that may wait for the owner thread at once; beyond that, sync
             callers block and async callers await (without blocking the event loop).
         cache_size: Scored ``(query, text)`` pairs remembered per loaded model (LRU), so
@@ -64,7 +67,7 @@ class EngineConfig:
     trust_remote_code: bool = False
     local_files_only: bool | None = None
     cache_dir: str | None = field(default=None)
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0
     max_queue: int = 1024
     cache_size: int = 16_384
     compile: bool = False

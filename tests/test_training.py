@@ -1,0 +1,259 @@
+"""Training and evaluation end to end on tiny random checkpoints and a handful of rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crag_integrations import EngineConfig, EvidenceHighlighter, Reranker
+from crag_integrations.cli import main
+from crag_integrations.evaluation import RankingQuery
+from crag_integrations.testing import save_tiny_checkpoint
+from crag_integrations.training import (
+    evaluate_grader,
+    evaluate_highlighter,
+    evaluate_reranker,
+    load_rows,
+    predict_spans,
+    score_pairs,
+    train_grader,
+    train_highlighter,
+    train_reranker,
+)
+
+PAIRS = [
+    ("what causes rain", "Rain forms when water vapor in the atmosphere condenses."),
+    ("where is the eiffel tower", "The Eiffel Tower is a wrought-iron lattice tower in Paris."),
+    ("capital of japan", "The capital of Japan is Tokyo, which is also its largest city."),
+    ("what is photosynthesis", "Photosynthesis converts light energy into chemical energy."),
+    ("what does a reranker do", "A reranker sorts retrieved chunks so the relevant come first."),
+    ("what produces atp", "The mitochondria is the powerhouse of the cell and produces ATP."),
+]
+FAST = {"epochs": 1.0, "batch_size": 4, "show_progress": False, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT with a fast tokenizer, used as every trainer's starting point."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("base") / "bert", num_labels=1, seed=5)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_reranker_bce_mines_hard_negatives_and_saves_a_plain_checkpoint(
+    base: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    rows = [{"query": q, "positive": d} for q, d in PAIRS]
+    summary = train_reranker(
+        rows, base, tmp_path / "reranker", hard_negatives=2, bi_encoder=base, **FAST
+    )
+    assert summary.details["negatives"] > 0
+    assert summary.details["pos_weight"] == pytest.approx(
+        summary.details["negatives"] / summary.details["positives"], abs=1e-3
+    )
+    assert summary.num_steps >= 1
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "reranker")
+    assert model.config.num_labels == 1
+
+
+def test_reranker_bce_without_negatives_says_how_to_get_them(base: Path, tmp_path: Path) -> None:
+    rows = [{"query": q, "positive": d} for q, d in PAIRS]
+    with pytest.raises(ValueError, match="hard_negatives"):
+        train_reranker(rows, base, tmp_path / "r", **FAST)
+
+
+def test_reranker_distillation_from_teacher_then_evaluation_on_a_ranking(
+    base: Path, tmp_path: Path
+) -> None:
+    docs = [d for _, d in PAIRS]
+    rows = [
+        {"query": q, "documents": docs, "labels": [float(d == pos) for d in docs]}
+        for q, pos in PAIRS
+    ]
+    summary = train_reranker(
+        rows,
+        base,
+        tmp_path / "distilled",
+        objective="distill",
+        bi_encoder=base,
+        label_boost=2.0,
+        **FAST,
+    )
+    assert summary.details["lists"] == len(PAIRS)
+    assert summary.details["candidates"] == len(PAIRS) * len(docs)
+    queries = [
+        RankingQuery(f"q{i}", q, tuple(f"d{j}" for j in range(len(docs))), tuple(docs))
+        for i, (q, _) in enumerate(PAIRS)
+    ]
+    qrels = {f"q{i}": {f"d{i}": 2} for i in range(len(PAIRS))}
+    metrics = evaluate_reranker(tmp_path / "distilled", queries, qrels, device="cpu")
+    assert metrics.num_queries == len(PAIRS)
+    assert 0.0 <= metrics.ndcg <= 1.0 and 0.0 < metrics.mrr <= 1.0
+
+
+def test_grader_with_named_labels_and_balanced_weights_from_csv(base: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    csv_path = tmp_path / "grades.csv"
+    lines = ["query,document,label"]
+    for i, (q, d) in enumerate(PAIRS):
+        lines.append(f'"{q}","{d}",{["yes", "no", "partial"][i % 3]}')
+    csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = train_grader(
+        csv_path,
+        base,
+        tmp_path / "grader",
+        labels=["no", "partial", "yes"],
+        class_weights="balanced",
+        **FAST,
+    )
+    assert summary.details["class_weights"] == [1.0, 1.0, 1.0]
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "grader")
+    assert model.config.id2label == {0: "no", 1: "partial", 2: "yes"}
+    metrics = evaluate_grader(tmp_path / "grader", csv_path, device="cpu")
+    assert metrics.average == "macro" and metrics.support == len(PAIRS)
+
+
+def test_highlighter_labels_follow_offsets_and_windows_cover_long_contexts(
+    base: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from crag_integrations.training import _token_windows
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    context = " ".join(d for _, d in PAIRS)
+    evidence = PAIRS[3][1]
+    start = context.index(evidence)
+    span = (start, start + len(evidence))
+    windows = _token_windows(tokenizer, "photosynthesis", context, [span], 32, 8)
+    assert len(windows) > 1
+    labelled = {
+        tokenizer.convert_ids_to_tokens(tid)
+        for w in windows
+        for tid, lab in zip(w["input_ids"], w["labels"], strict=True)
+        if lab == 1
+    }
+    assert "photosynthesis" in labelled and "tokyo" not in labelled
+    assert all(lab == -100 for w in windows for lab in w["labels"][:3])  # [CLS] + query + [SEP]
+
+    rows = [
+        {"query": q, "context": context, "spans": [[context.index(d), context.index(d) + len(d)]]}
+        for q, d in PAIRS
+    ] + [{"query": "unrelated question", "context": PAIRS[0][1], "spans": []}]
+    data = _write_jsonl(tmp_path / "spans.jsonl", rows)
+    summary = train_highlighter(data, base, tmp_path / "hl", max_length=48, stride=16, **FAST)
+    assert summary.num_examples > len(rows)  # long contexts became several windows
+    model = AutoModelForTokenClassification.from_pretrained(tmp_path / "hl")
+    assert model.config.id2label == {0: "O", 1: "EVIDENCE"}
+    metrics = evaluate_highlighter(
+        tmp_path / "hl",
+        data,
+        threshold=0.0,
+        min_span_chars=1,
+        max_length=48,
+        stride=16,
+        device="cpu",
+    )
+    assert metrics.num_rows == len(rows)
+    # threshold 0 marks every context token, so every gold word is found
+    assert metrics.word_recall == 1.0 and metrics.word_precision < 1.0
+
+
+def test_evaluation_reads_checkpoints_exactly_as_inference_does(highlighter_path: str) -> None:
+    """predict_spans / score_pairs go through the shared engine: the roles' own results."""
+    query = "where is the tower?"
+    texts = [
+        "The Eiffel Tower is a wrought-iron lattice tower in Paris, France. " * 6,
+        "Rain forms when water vapor condenses.",
+    ]
+    highlighter = EvidenceHighlighter(
+        model=EngineConfig(model=highlighter_path, max_length=64),
+        threshold=0.3,
+        min_span_chars=1,
+        merge_gap_chars=5,
+        doc_stride=16,
+    )
+    expected = [[(s.start, s.end) for s in h.spans] for h in highlighter.highlight(query, texts)]
+    got = predict_spans(
+        highlighter_path,
+        [query] * len(texts),
+        texts,
+        threshold=0.3,
+        min_span_chars=1,
+        merge_gap_chars=5,
+        max_length=64,
+        stride=16,
+        device="cpu",
+    )
+    assert got == expected
+
+
+def test_reranker_evaluation_scores_are_the_rerankers_scores(reranker_path: str) -> None:
+    """score_pairs equals Reranker.score, windows included (no silent truncation)."""
+    texts = ["Rain forms when water vapor condenses. " * 30, "Tokyo is the capital of Japan."]
+    expected = Reranker(model=EngineConfig(model=reranker_path, max_length=64)).score(
+        "rain?", texts
+    )
+    got = score_pairs(reranker_path, ["rain?"] * 2, texts, max_length=64, device="cpu")
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_load_rows_reads_jsonl_csv_and_lists(tmp_path: Path) -> None:
+    rows = [{"query": "q", "context": "c c", "spans": [[0, 1]]}]
+    assert load_rows(_write_jsonl(tmp_path / "a.jsonl", rows)) == rows
+    (tmp_path / "a.csv").write_text('query,context,spans\nq,c c,"[[0, 1]]"\n', encoding="utf-8")
+    assert load_rows(tmp_path / "a.csv") == rows
+    with pytest.raises(ValueError, match="unknown data file type"):
+        load_rows(tmp_path / "a.txt")
+
+
+def test_cli_trains_and_evaluates_a_grader(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [{"query": q, "document": d, "label": i % 2} for i, (q, d) in enumerate(PAIRS)]
+    data = _write_jsonl(tmp_path / "g.jsonl", rows)
+    out = tmp_path / "g"
+    assert (
+        main(
+            [
+                "train-grader",
+                "--data",
+                str(data),
+                "--base-model",
+                str(base),
+                "--output-dir",
+                str(out),
+                "--batch-size",
+                "4",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "evaluate-grader",
+                "--model",
+                str(out),
+                "--data",
+                str(data),
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["average"] == "binary" and result["support"] == len(PAIRS)
