@@ -31,7 +31,8 @@ class EngineConfig:
             ``max_position_embeddings``.
         stride: Tokens of overlap between consecutive windows of a long text.
         token_budget: Maximum padded tokens per forward pass (batch size x longest
-            sequence). ``None`` picks 16,384 on CPU and 131,072 on accelerators.
+            sequence). ``None`` picks 2,048 on CPU (small batches stay in cache: measured
+            1.7x faster than 16,384 on a 2-core machine) and 131,072 on accelerators.
         trust_remote_code: Allow custom modelling code from the checkpoint. Off unless
             you trust the repository.
         local_files_only: Never reach the network. ``None`` follows the environment

@@ -53,7 +53,10 @@ logger = logging.getLogger(__name__)
 Pair = tuple[str, str]
 _Task = Literal["sequence", "token"]
 
-_CPU_TOKEN_BUDGET = 16_384
+#: Small batches win on CPU: activations stay in cache. Measured on a 2-core x86 machine with
+#: MiniLM-L6 (fp32, 50 chunks of 40-400 words per call): 2,048 tokens per batch scored 21.2
+#: pairs/s, 16,384 tokens 12.8 pairs/s (sentence-transformers' batch of 32: 11.7).
+_CPU_TOKEN_BUDGET = 2_048
 _ACCELERATOR_TOKEN_BUDGET = 131_072
 #: Upper bound on pairs coalesced into one drain, so one huge burst cannot starve the queue.
 _MAX_PAIRS_PER_DRAIN = 8_192
