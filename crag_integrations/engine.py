@@ -131,6 +131,62 @@ def _unavailable_message(key: _LoadKey, exc: BaseException) -> str:
     return f"Model {key.model!r} {state}. {how}. Underlying error: {exc}"
 
 
+def _windows_cover_text(
+    text_offsets: Sequence[tuple[int, int]], window_offsets: Sequence[Sequence[tuple[int, int]]]
+) -> bool:
+    """Whether overflow windows together hold every token of the text (by char offsets)."""
+    covered = {offset for window in window_offsets for offset in window}
+    return all(offset in covered for offset in text_offsets)
+
+
+_PROBE_QUERY = "what does the probe check"
+_PROBE_TEXT = " ".join(
+    f"{word} {number}" for number in range(40) for word in ("alpha", "river", "stone")
+)
+
+
+def _check_overflow_windows(tokenizer: Any, model_name: str) -> None:
+    """Fail loudly if this tokenizer's overflow windows lose text.
+
+    Windows come from the fast tokenizer's own overflow mechanism. Some transformers
+    releases truncate the overflow of pairs (seen with 5.17.0: a 96-token text came back as
+    64 tokens in two windows), which would silently truncate long documents. A long probe
+    text is windowed once at load time and every one of its tokens must reappear.
+    """
+    text = tokenizer(_PROBE_TEXT, add_special_tokens=False, return_offsets_mapping=True)
+    text_offsets = [tuple(o) for o in text["offset_mapping"]]
+    query_tokens = len(tokenizer(_PROBE_QUERY, add_special_tokens=False)["input_ids"])
+    room = max(8, len(text_offsets) // 4)
+    encoding = tokenizer(
+        _PROBE_QUERY,
+        _PROBE_TEXT,
+        truncation="only_second",
+        max_length=query_tokens + tokenizer.num_special_tokens_to_add(pair=True) + room,
+        stride=room // 4,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding=False,
+    )
+    windows = [
+        [
+            tuple(offset)
+            for offset, sequence in zip(
+                encoding["offset_mapping"][row], encoding.sequence_ids(row), strict=True
+            )
+            if sequence == 1
+        ]
+        for row in range(len(encoding["input_ids"]))
+    ]
+    if not _windows_cover_text(text_offsets, windows):
+        import transformers
+
+        raise IncompatibleModelError(
+            f"The tokenizer of {model_name!r} under transformers {transformers.__version__} "
+            "drops text from overflow windows, so long documents would be silently "
+            "truncated. Upgrade transformers (5.23 is tested; 5.17.0 is known to do this)."
+        )
+
+
 def _read_head(config: Any, model_name: str) -> ModelHead:
     architectures = list(getattr(config, "architectures", None) or [])
     auto_map = dict(getattr(config, "auto_map", None) or {})
@@ -243,6 +299,7 @@ def _load(key: _LoadKey) -> _Loaded:
             "save_pretrained, then load the saved directory."
         )
     head = _read_head(config, key.model)
+    _check_overflow_windows(tokenizer, key.model)
     auto_class = (
         AutoModelForTokenClassification
         if head.kind == "token"

@@ -300,3 +300,27 @@ def test_invalid_configs_are_rejected() -> None:
         EngineConfig(model="m", stride=-1)
     with pytest.raises(ValueError, match="hub id or a local directory"):
         EngineConfig(model="  ")
+
+
+def test_window_coverage_check_is_exact() -> None:
+    """The load-time guard accepts windows that hold every token and rejects any loss."""
+    from crag_integrations.engine import _windows_cover_text
+
+    text = [(0, 4), (5, 9), (10, 14), (15, 19)]
+    assert _windows_cover_text(text, [[(0, 4), (5, 9), (10, 14)], [(10, 14), (15, 19)]])
+    assert not _windows_cover_text(text, [[(0, 4), (5, 9)], [(5, 9), (10, 14)]])
+    assert _windows_cover_text([], [])
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_overflow_windows_of_the_installed_tokenizers_lose_no_text(
+    checkpoints: dict[str, Path], arch: str
+) -> None:
+    """The installed transformers windows long pairs without dropping tokens (the guard
+    every load runs; transformers 5.17.0 fails it)."""
+    from transformers import AutoTokenizer
+
+    from crag_integrations.engine import _check_overflow_windows
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints[f"{arch}-rerank"])
+    _check_overflow_windows(tokenizer, arch)
