@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["DType", "EngineConfig"]
+__all__ = ["DType", "EngineConfig", "as_engine_config"]
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
@@ -100,3 +100,16 @@ class EngineConfig:
     def is_local(self) -> bool:
         """Whether ``model`` names an existing local directory."""
         return Path(self.model).is_dir()
+
+
+def as_engine_config(model: str | EngineConfig) -> EngineConfig:
+    """``model`` as an :class:`EngineConfig`: a hub id or path becomes one with defaults.
+
+    Raises:
+        TypeError: ``model`` is neither a string nor an ``EngineConfig``.
+    """
+    if isinstance(model, EngineConfig):
+        return model
+    if isinstance(model, str):
+        return EngineConfig(model=model)
+    raise TypeError(f"model must be a hub id, a local path or an EngineConfig, not {model!r}")

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from crag_integrations.config import EngineConfig
+from crag_integrations.config import EngineConfig, as_engine_config
 from crag_integrations.engine import CrossEncoderEngine, get_engine
 from crag_integrations.errors import IncompatibleModelError
 from crag_integrations.inputs import check_query, check_texts
@@ -209,14 +209,10 @@ class _Scorer:
     @property
     def engine(self) -> CrossEncoderEngine:
         """The process-wide shared engine (looked up on every call, never loaded here)."""
-        config = (
-            self.model if isinstance(self.model, EngineConfig) else EngineConfig(model=self.model)
-        )
-        return get_engine(config)
+        return get_engine(as_engine_config(self.model))
 
     def _validate_scorer(self) -> None:
-        if not isinstance(self.model, (str, EngineConfig)):
-            raise TypeError("model must be a hub id, a local path or an EngineConfig")
+        as_engine_config(self.model)  # a TypeError for anything but an id, path or config
         if self.scale not in ("probability", "logit"):
             raise ValueError(f"scale must be 'probability' or 'logit', not {self.scale!r}")
         if self.relevant_labels is not None:

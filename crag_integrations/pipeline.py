@@ -16,6 +16,7 @@ from crag_integrations.roles import EvidenceHighlighter, RelevanceGrader, Rerank
 from crag_integrations.scoring import select_top
 from crag_integrations.types import (
     DroppedText,
+    DropReason,
     Grade,
     Highlight,
     PipelineResult,
@@ -38,9 +39,7 @@ class _Draft:
     grade: Grade | None = None
     highlight: Highlight | None = None
 
-    def dropped(
-        self, reason: Literal["below_top_n", "below_score_threshold", "not_relevant", "no_evidence"]
-    ) -> DroppedText:
+    def dropped(self, reason: DropReason) -> DroppedText:
         return DroppedText(
             index=self.index,
             text=self.text,

@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from crag_integrations.config import EngineConfig
+from crag_integrations.config import EngineConfig, as_engine_config
 from crag_integrations.engine import CrossEncoderEngine, get_engine
 from crag_integrations.errors import IncompatibleModelError
 from crag_integrations.inputs import check_query, check_texts
 from crag_integrations.scoring import (
     best_window,
     evidence_label_mask,
+    evidence_probabilities,
     extract_spans,
     join_spans,
     relevance_probability,
@@ -32,14 +33,6 @@ from crag_integrations.types import Grade, Highlight, RankedText, SequenceScores
 __all__ = ["EvidenceHighlighter", "RelevanceGrader", "Reranker"]
 
 
-def _as_config(model: str | EngineConfig) -> EngineConfig:
-    if isinstance(model, EngineConfig):
-        return model
-    if isinstance(model, str):
-        return EngineConfig(model=model)
-    raise TypeError(f"model must be a hub id, a local path or an EngineConfig, not {model!r}")
-
-
 class _Role:
     """Shared plumbing: the engine behind a role's ``model`` field."""
 
@@ -48,7 +41,7 @@ class _Role:
     @property
     def engine_config(self) -> EngineConfig:
         """The :class:`EngineConfig` this role runs on."""
-        return _as_config(self.model)
+        return as_engine_config(self.model)
 
     @property
     def engine(self) -> CrossEncoderEngine:
@@ -86,7 +79,7 @@ class Reranker(_Role):
     score_threshold: float | None = None
 
     def __post_init__(self) -> None:
-        _as_config(self.model)
+        as_engine_config(self.model)
         if self.top_n is not None and self.top_n < 0:
             raise ValueError(f"top_n must be >= 0 or None, not {self.top_n}")
 
@@ -205,7 +198,7 @@ class RelevanceGrader(_Role):
     relevant_labels: tuple[str, ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
-        _as_config(self.model)
+        as_engine_config(self.model)
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], not {self.threshold}")
         if self.relevant_labels is not None:
@@ -308,7 +301,7 @@ class EvidenceHighlighter(_Role):
     evidence_labels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        _as_config(self.model)
+        as_engine_config(self.model)
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], not {self.threshold}")
         if self.doc_stride < 0 or self.min_span_chars < 0 or self.merge_gap_chars < 0:
@@ -322,10 +315,7 @@ class EvidenceHighlighter(_Role):
         mask = evidence_label_mask(engine.head.id2label, self.evidence_labels)
         highlights = []
         for index, (text, result) in enumerate(zip(texts, results, strict=True)):
-            evidence = [
-                sum(p for p, is_evidence in zip(dist, mask, strict=True) if is_evidence)
-                for dist in result.probabilities
-            ]
+            evidence = evidence_probabilities(result.probabilities, mask)
             spans = tuple(
                 extract_spans(
                     text,

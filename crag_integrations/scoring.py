@@ -19,6 +19,7 @@ __all__ = [
     "OSMOSIS_RELEVANT_LABELS",
     "best_window",
     "evidence_label_mask",
+    "evidence_probabilities",
     "extract_spans",
     "join_spans",
     "relevance_probability",
@@ -197,6 +198,21 @@ def evidence_label_mask(
         f"cannot tell which of the token labels {names} mark evidence; pass "
         "evidence_labels=[...] naming them"
     )
+
+
+def evidence_probabilities(
+    distributions: Sequence[Sequence[float]], mask: Sequence[bool]
+) -> list[float]:
+    """Each token's evidence probability: the summed probability of its evidence labels.
+
+    Example:
+        >>> evidence_probabilities([(0.7, 0.2, 0.1)], (False, True, True))
+        [0.30000000000000004]
+    """
+    return [
+        sum(p for p, is_evidence in zip(dist, mask, strict=True) if is_evidence)
+        for dist in distributions
+    ]
 
 
 @dataclass

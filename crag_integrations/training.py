@@ -61,6 +61,7 @@ from crag_integrations.evaluation import (
 from crag_integrations.scoring import (
     best_window,
     evidence_label_mask,
+    evidence_probabilities,
     extract_spans,
     relevant_label_mask,
     softmax,
@@ -1177,10 +1178,7 @@ def predict_spans(
     mask = evidence_label_mask(engine.head.id2label)
     predicted = []
     for context, result in zip(contexts, results, strict=True):
-        evidence = [
-            sum(p for p, is_evidence in zip(dist, mask, strict=True) if is_evidence)
-            for dist in result.probabilities
-        ]
+        evidence = evidence_probabilities(result.probabilities, mask)
         spans = extract_spans(
             context,
             result.offsets,
