@@ -329,6 +329,91 @@ def time_concurrent(
     return time.perf_counter() - start, errors[0]
 
 
+# -------------------------------------------------------------------- padding ceiling
+
+
+def sequence_flops(length: int, *, linear_params: int, layers: int, hidden: int) -> float:
+    """Approximate forward FLOPs of one sequence: dense layers plus full self-attention."""
+    return 2.0 * linear_params * length + 4.0 * layers * hidden * length * length
+
+
+def padding_ceiling(
+    lengths_per_call: Sequence[Sequence[tuple[int, int]]],
+    *,
+    linear_params: int,
+    layers: int,
+    hidden: int,
+    st_batch_size: int = 32,
+    token_budget: int = 2048,
+) -> dict[str, float]:
+    """What padding alone allows: FLOPs of the peers' batches against the engine's.
+
+    ``lengths_per_call`` holds, per ``predict`` call, each pair's ``(characters, tokens)``.
+    sentence-transformers (>= 5) sorts one call's pairs by character length, longest first,
+    and pads each batch of ``st_batch_size`` to its longest pair; the engine packs windows
+    sorted by token length into batches of at most ``token_budget`` padded tokens (the
+    engine's own packing, :func:`crag_integrations.engine._pack_batches`). An engine doing
+    the same arithmetic cannot beat the peer by more than ``st_vs_engine_flops`` from
+    padding; anything above it comes from elsewhere (precision, cache locality, overhead).
+    """
+    from types import SimpleNamespace
+
+    from crag_integrations.engine import _pack_batches
+
+    def flops(length: int, count: int = 1) -> float:
+        return count * sequence_flops(
+            length, linear_params=linear_params, layers=layers, hidden=hidden
+        )
+
+    exact = st = engine = 0.0
+    for call in lengths_per_call:
+        tokens_by_chars = [t for _, t in sorted(call, key=lambda ct: -ct[0])]
+        for start in range(0, len(tokens_by_chars), st_batch_size):
+            batch = tokens_by_chars[start : start + st_batch_size]
+            st += flops(max(batch), len(batch))
+        exact += sum(flops(t) for _, t in call)
+        windows = [SimpleNamespace(input_ids=range(t)) for _, t in call]
+        for packed in _pack_batches(windows, token_budget):  # type: ignore[arg-type]
+            engine += flops(len(packed[0].input_ids), len(packed))
+    return {
+        "st_vs_exact_flops": st / exact,
+        "engine_vs_exact_flops": engine / exact,
+        "st_vs_engine_flops": st / engine,
+    }
+
+
+def measure_padding_ceiling(
+    path: str, workload: Sequence[tuple[str, list[str]]], token_budget: int
+) -> dict[str, float]:
+    """:func:`padding_ceiling` for ``workload`` with the checkpoint's tokenizer and size."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path)
+    limit = min(tokenizer.model_max_length, config.max_position_embeddings)
+    calls = []
+    for query, texts in workload:
+        encoded = tokenizer([query] * len(texts), texts, truncation=True, max_length=limit)
+        calls.append(
+            [
+                (len(query) + len(text), len(ids))
+                for text, ids in zip(texts, encoded["input_ids"], strict=True)
+            ]
+        )
+    # Weights of the encoder layers (no embeddings): the matrices every token goes through.
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    intermediate = config.intermediate_size
+    glu = 3 if config.model_type == "modernbert" else 2  # ModernBERT's MLP is gated (GeGLU)
+    linear_params = layers * (4 * hidden * hidden + glu * hidden * intermediate)
+    return padding_ceiling(
+        calls,
+        linear_params=linear_params,
+        layers=layers,
+        hidden=hidden,
+        token_budget=token_budget,
+    )
+
+
 # ---------------------------------------------------------------------- memory & cache
 
 
@@ -463,6 +548,12 @@ def bench_arch(arch: str, args: argparse.Namespace, device: str, root: Path) -> 
     engine = get_engine(path, device=device, cache_size=0)
     rows = []
     print(f"\n== {arch}: {queries} queries x {args.chunks} chunks ({device}) ==")
+    ceiling = measure_padding_ceiling(path, workload, engine.token_budget)
+    print(
+        f"  padding alone: the peers' batches cost {ceiling['st_vs_exact_flops']:.2f}x the "
+        f"FLOPs of exact lengths, the engine's {ceiling['engine_vs_exact_flops']:.2f}x: "
+        f"ceiling x{ceiling['st_vs_engine_flops']:.2f} for the same arithmetic"
+    )
     for scenario in ("sequential", f"concurrent-{args.callers}"):
         for name, run in systems.items():
             passes = engine.forward_passes
@@ -491,7 +582,12 @@ def bench_arch(arch: str, args: argparse.Namespace, device: str, root: Path) -> 
                     + (f"  ({row['errors']} errors, retried)" if row["errors"] else "")
                 )
     release_engines()
-    result: dict[str, Any] = {"arch": arch, "path": path, "throughput": rows}
+    result: dict[str, Any] = {
+        "arch": arch,
+        "path": path,
+        "throughput": rows,
+        "padding_ceiling": ceiling,
+    }
     if args.compile and device.startswith("cuda") and arch == "minilm":
         compiled = get_engine(path, device=device, cache_size=0, compile=True)
         start = time.perf_counter()
@@ -540,6 +636,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for arch in args.arch.split(","):
             result = bench_arch(arch, args, device, root)
             report["throughput"] += result["throughput"]
+            report.setdefault("padding_ceiling", {})[arch] = result["padding_ceiling"]
             if "compile" in result:
                 report.setdefault("compile", {})[arch] = result["compile"]
         first = args.arch.split(",")[0]

@@ -865,6 +865,13 @@ class CrossEncoderEngine:
         return self._runner.loaded.attention
 
     @property
+    def token_budget(self) -> int:
+        """Padded tokens per forward pass: the configured budget, else the device's default."""
+        if self.config.token_budget is not None:
+            return self.config.token_budget
+        return _CPU_TOKEN_BUDGET if self.device == "cpu" else _ACCELERATOR_TOKEN_BUDGET
+
+    @property
     def is_loaded(self) -> bool:
         """Whether the weights are in memory."""
         return self._runner.is_loaded
@@ -956,8 +963,7 @@ class CrossEncoderEngine:
             pairs=plan.missing,
             max_length=length,
             stride=step,
-            token_budget=self.config.token_budget
-            or (_CPU_TOKEN_BUDGET if self.device == "cpu" else _ACCELERATOR_TOKEN_BUDGET),
+            token_budget=self.token_budget,
             max_wait_s=self.config.max_wait_ms / 1000.0,
             max_queue=self.config.max_queue,
         )

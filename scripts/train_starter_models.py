@@ -274,6 +274,12 @@ def main() -> None:
     parser.add_argument("--eval-rows", type=int, default=None, help="cap held-out rows")
     parser.add_argument("--epochs", type=float, default=None, help="grader/highlighter epochs")
     parser.add_argument("--max-length", type=int, default=None, help="grader/highlighter tokens")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="grader/highlighter batch (default: 16 with --train-rows, else 64 / 32)",
+    )
     a = parser.parse_args()
 
     import torch
@@ -378,7 +384,7 @@ def main() -> None:
             class_weights="balanced",
             epochs=a.epochs or (1.0 if quick else 2.0),
             max_steps=2 if quick else -1,
-            batch_size=4 if quick else 16 if a.train_rows else 64,
+            batch_size=4 if quick else a.batch_size or (16 if a.train_rows else 64),
             learning_rate=4e-5,
             max_length=length,
             seed=a.seed,
@@ -406,7 +412,7 @@ def main() -> None:
             class_weights="balanced",
             epochs=a.epochs or (1.0 if quick else 3.0),
             max_steps=2 if quick else -1,
-            batch_size=4 if quick else 16 if a.train_rows else 32,
+            batch_size=4 if quick else a.batch_size or (16 if a.train_rows else 32),
             learning_rate=5e-5,
             max_length=length,
             stride=128,

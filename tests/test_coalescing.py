@@ -313,17 +313,52 @@ def test_release_answers_every_waiting_caller(reranker_path: str) -> None:
         engine.score_pairs(_request_pairs(0))
 
 
-def test_benchmark_smoke_runs_every_peer_on_a_tiny_model(tmp_path: Path) -> None:
-    """The benchmark's code path runs end to end (tiny model, tiny workload) and reports."""
+def _benchmark_module() -> Any:
     spec = importlib.util.spec_from_file_location(
         "bench_run", Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_padding_ceiling_matches_hand_computed_flops() -> None:
+    """Peers pad each char-sorted batch to its longest pair; the engine packs by budget."""
+    bench = _benchmark_module()
+    # flops(L) = 2 * L with linear_params=1 and no attention term.
+    sizes = {"linear_params": 1, "layers": 0, "hidden": 0}
+    call = [(10, 10), (100, 100)]  # (characters, tokens)
+    # Peer: one batch of two padded to 100 -> 400. Exact: 20 + 200 = 220.
+    tight = bench.padding_ceiling([call], st_batch_size=2, token_budget=150, **sizes)
+    assert tight["st_vs_exact_flops"] == pytest.approx(400 / 220)
+    assert tight["engine_vs_exact_flops"] == pytest.approx(1.0)  # 2 x 100 > 150: two batches
+    assert tight["st_vs_engine_flops"] == pytest.approx(400 / 220)
+    loose = bench.padding_ceiling([call], st_batch_size=2, token_budget=200, **sizes)
+    assert loose["engine_vs_exact_flops"] == pytest.approx(400 / 220)  # one batch, padded
+    assert loose["st_vs_engine_flops"] == pytest.approx(1.0)
+    # The peer sorts by characters, not tokens: a short-in-characters, long-in-tokens pair
+    # lands in the second batch and pads nothing else.
+    odd = [(500, 50), (400, 40), (1, 90)]
+    peer = bench.padding_ceiling([odd], st_batch_size=2, token_budget=10_000, **sizes)
+    assert peer["st_vs_exact_flops"] == pytest.approx((2 * 100 + 180) / 360)
+    # Attention grows with the square of the padded length.
+    assert bench.sequence_flops(10, linear_params=0, layers=2, hidden=3) == 4 * 2 * 3 * 100
+
+
+def test_engine_token_budget_reports_the_budget_in_effect(checkpoints: dict[str, Path]) -> None:
+    path = str(checkpoints["bert-rerank"])
+    assert get_engine(path, device="cpu").token_budget == 2048  # the CPU default
+    assert get_engine(path, device="cpu", token_budget=512).token_budget == 512
+
+
+def test_benchmark_smoke_runs_every_peer_on_a_tiny_model(tmp_path: Path) -> None:
+    """The benchmark's code path runs end to end (tiny model, tiny workload) and reports."""
+    module = _benchmark_module()
     report = module.main(["--smoke", "--out", str(tmp_path / "bench.json")])
     assert (tmp_path / "bench.json").exists()
     names = {row["system"] for row in report["throughput"]}
     assert {"engine", "st-per-query", "langchain", "llamaindex"} <= names
     assert all(row["pairs_per_s"] > 0 for row in report["throughput"])
     assert report["cache"]["hit_speedup"] > 1
+    assert report["padding_ceiling"]["tiny"]["st_vs_exact_flops"] >= 1.0

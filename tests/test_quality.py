@@ -53,7 +53,7 @@ def test_real_grader_separates_relevant_from_irrelevant() -> None:
 
 
 def test_real_highlighter_reproduces_the_model_card_example() -> None:
-    """acl-verbatim's card: the first two sentences are evidence for 'What is ModernBERT?'."""
+    """acl-verbatim's card: the first two sentences, and only they, are evidence (at 0.2)."""
     context = (
         "ModernBERT is a long-context encoder for NLP. "
         "It supports sequences up to 8192 tokens. "
@@ -64,3 +64,7 @@ def test_real_highlighter_reproduces_the_model_card_example() -> None:
     )
     assert result.spans
     assert "ModernBERT is a long-context encoder for NLP." in result.trimmed_text
+    assert "It supports sequences up to 8192 tokens." in result.trimmed_text
+    # The card's example output stops there: the third sentence is not evidence. Without
+    # this, a highlighter that marks whole contexts would pass.
+    assert "rotary position embeddings" not in result.trimmed_text
