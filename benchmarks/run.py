@@ -345,6 +345,7 @@ def padding_ceiling(
     hidden: int,
     st_batch_size: int = 32,
     token_budget: int = 2048,
+    bucketed: bool = False,
 ) -> dict[str, float]:
     """What padding alone allows: FLOPs of the peers' batches against the engine's.
 
@@ -355,10 +356,11 @@ def padding_ceiling(
     engine's own packing, :func:`crag_integrations.engine._pack_batches`). An engine doing
     the same arithmetic cannot beat the peer by more than ``st_vs_engine_flops`` from
     padding; anything above it comes from elsewhere (precision, cache locality, overhead).
+    ``bucketed`` pads the engine's batches to its length buckets, as it does on CUDA.
     """
     from types import SimpleNamespace
 
-    from crag_integrations.engine import _pack_batches
+    from crag_integrations.engine import _bucket_length, _pack_batches
 
     def flops(length: int, count: int = 1) -> float:
         return count * sequence_flops(
@@ -374,7 +376,8 @@ def padding_ceiling(
         exact += sum(flops(t) for _, t in call)
         windows = [SimpleNamespace(input_ids=range(t)) for _, t in call]
         for packed in _pack_batches(windows, token_budget):  # type: ignore[arg-type]
-            engine += flops(len(packed[0].input_ids), len(packed))
+            longest = len(packed[0].input_ids)
+            engine += flops(_bucket_length(longest) if bucketed else longest, len(packed))
     return {
         "st_vs_exact_flops": st / exact,
         "engine_vs_exact_flops": engine / exact,
@@ -383,7 +386,11 @@ def padding_ceiling(
 
 
 def measure_padding_ceiling(
-    path: str, workload: Sequence[tuple[str, list[str]]], token_budget: int
+    path: str,
+    workload: Sequence[tuple[str, list[str]]],
+    token_budget: int,
+    *,
+    bucketed: bool = False,
 ) -> dict[str, float]:
     """:func:`padding_ceiling` for ``workload`` with the checkpoint's tokenizer and size."""
     from transformers import AutoConfig, AutoTokenizer
@@ -411,6 +418,7 @@ def measure_padding_ceiling(
         layers=layers,
         hidden=hidden,
         token_budget=token_budget,
+        bucketed=bucketed,
     )
 
 
@@ -548,7 +556,9 @@ def bench_arch(arch: str, args: argparse.Namespace, device: str, root: Path) -> 
     engine = get_engine(path, device=device, cache_size=0)
     rows = []
     print(f"\n== {arch}: {queries} queries x {args.chunks} chunks ({device}) ==")
-    ceiling = measure_padding_ceiling(path, workload, engine.token_budget)
+    ceiling = measure_padding_ceiling(
+        path, workload, engine.token_budget, bucketed=device.startswith("cuda")
+    )
     print(
         f"  padding alone: the peers' batches cost {ceiling['st_vs_exact_flops']:.2f}x the "
         f"FLOPs of exact lengths, the engine's {ceiling['engine_vs_exact_flops']:.2f}x: "

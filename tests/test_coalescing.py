@@ -342,6 +342,9 @@ def test_padding_ceiling_matches_hand_computed_flops() -> None:
     odd = [(500, 50), (400, 40), (1, 90)]
     peer = bench.padding_ceiling([odd], st_batch_size=2, token_budget=10_000, **sizes)
     assert peer["st_vs_exact_flops"] == pytest.approx((2 * 100 + 180) / 360)
+    # On CUDA the engine pads to its length buckets (multiples of 64): 10 and 100 -> 64, 128.
+    gpu = bench.padding_ceiling([call], st_batch_size=2, token_budget=150, bucketed=True, **sizes)
+    assert gpu["engine_vs_exact_flops"] == pytest.approx((2 * 64 + 2 * 128) / 220)
     # Attention grows with the square of the padded length.
     assert bench.sequence_flops(10, linear_params=0, layers=2, hidden=3) == 4 * 2 * 3 * 100
 
