@@ -18,6 +18,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from crag_integrations.errors import IncompatibleModelError, ModelUnavailableError
+
 __all__ = ["build_parser", "main"]
 
 
@@ -267,10 +269,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name; defaults to ``sys.argv[1:]``.
 
     Returns:
-        The exit status (0 on success).
+        The exit status: 0 on success, 2 when the model is missing or of the wrong kind
+        (the reason goes to standard error, without a traceback).
     """
     args = build_parser().parse_args(argv)
-    result = _COMMANDS[args.command](args)
+    try:
+        result = _COMMANDS[args.command](args)
+    except (ModelUnavailableError, IncompatibleModelError) as exc:
+        print(f"crag-integrations {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     json.dump(result, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0

@@ -1073,12 +1073,24 @@ def score_pairs(
         show_progress: Print how many pairs are being scored.
 
     Returns:
-        One score per pair (the first logit of the best window).
+        One score per pair (the logit of the best window).
+
+    Raises:
+        IncompatibleModelError: The checkpoint is not a one-logit cross-encoder (a grader's
+            first logit is not a relevance score, so it is refused rather than misread).
     """
     pairs = list(zip(queries, documents, strict=True))
+    engine = _engine(model_path, device, max_length, batch_size)
+    head = engine.head
+    if head.kind != "sequence" or head.num_labels != 1:
+        raise IncompatibleModelError(
+            f"{str(model_path)!r} has a {head.kind}-classification head with "
+            f"{head.num_labels} labels; reranker scores need a one-logit cross-encoder. "
+            "Measure graders with evaluate_grader and highlighters with evaluate_highlighter."
+        )
     if show_progress:
         print(f"scoring {len(pairs)} pairs with {model_path}", file=sys.stderr)
-    results = _engine(model_path, device, max_length, batch_size).score_pairs(pairs)
+    results = engine.score_pairs(pairs)
     return [r.window_logits[best_window(r.window_logits)][0] for r in results]
 
 

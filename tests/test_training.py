@@ -10,6 +10,7 @@ import pytest
 
 from crag_integrations import EngineConfig, EvidenceHighlighter, Reranker
 from crag_integrations.cli import main
+from crag_integrations.errors import IncompatibleModelError
 from crag_integrations.evaluation import RankingQuery
 from crag_integrations.testing import save_tiny_checkpoint
 from crag_integrations.training import (
@@ -207,6 +208,14 @@ def test_reranker_evaluation_scores_are_the_rerankers_scores(reranker_path: str)
     assert got == pytest.approx(expected, abs=1e-5)
 
 
+def test_reranker_scores_refuse_a_grader_instead_of_misreading_its_first_logit(
+    checkpoints: dict[str, Path],
+) -> None:
+    """A two-label grader's logit 0 means 'not relevant': ranking by it would invert the run."""
+    with pytest.raises(IncompatibleModelError, match=r"one-logit cross-encoder.*evaluate_grader"):
+        score_pairs(checkpoints["bert-binary"], ["rain?"], ["Rain falls."], device="cpu")
+
+
 def test_load_rows_reads_jsonl_csv_and_lists(tmp_path: Path) -> None:
     rows = [{"query": "q", "context": "c c", "spans": [[0, 1]]}]
     assert load_rows(_write_jsonl(tmp_path / "a.jsonl", rows)) == rows
@@ -257,3 +266,20 @@ def test_cli_trains_and_evaluates_a_grader(
     )
     result = json.loads(capsys.readouterr().out)
     assert result["average"] == "binary" and result["support"] == len(PAIRS)
+
+
+def test_cli_reports_a_missing_or_wrong_model_without_a_traceback(
+    checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [{"query": q, "document": d, "label": i % 2} for i, (q, d) in enumerate(PAIRS)]
+    data = str(_write_jsonl(tmp_path / "g.jsonl", rows))
+    missing = str(tmp_path / "no-such-model")
+    assert main(["evaluate-grader", "--model", missing, "--data", data, "--quiet"]) == 2
+    assert "no-such-model" in capsys.readouterr().err
+    spans = [{"query": "rain?", "context": "Rain falls.", "spans": []}]
+    span_data = str(_write_jsonl(tmp_path / "h.jsonl", spans))
+    reranker = str(checkpoints["bert-rerank"])
+    status = main(["evaluate-highlighter", "--model", reranker, "--data", span_data, "--quiet"])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert "evaluate-highlighter: error:" in error and "token-classification" in error
