@@ -936,6 +936,24 @@ class CrossEncoderEngine:
                 f"needs a {wanted} head."
             )
 
+    def require_one_logit(self, needed_by: str, instead: str) -> None:
+        """Refuse a model that is not a one-logit reranker before any score is misread.
+
+        Args:
+            needed_by: Who needs the single relevance logit (for the message).
+            instead: What to use for other heads (for the message).
+
+        Raises:
+            IncompatibleModelError: The head is a token head or has more than one label.
+        """
+        head = self.head
+        if head.kind != "sequence" or head.num_labels != 1:
+            raise IncompatibleModelError(
+                f"{self.config.model!r} has a {head.kind}-classification head with "
+                f"{head.num_labels} labels; {needed_by} needs a one-logit cross-encoder "
+                f"(sequence classification). {instead}"
+            )
+
     def _plan(
         self, task: _Task, pairs: Sequence[Pair], max_length: int | None, stride: int | None
     ) -> tuple[_Plan, _Request | None]:

@@ -84,13 +84,7 @@ class Reranker(_Role):
             raise ValueError(f"top_n must be >= 0 or None, not {self.top_n}")
 
     def _check_head(self, engine: CrossEncoderEngine) -> None:
-        head = engine.head
-        if head.kind != "sequence" or head.num_labels != 1:
-            raise IncompatibleModelError(
-                f"{engine.config.model!r} has a {head.kind} head with {head.num_labels} "
-                "labels; Reranker needs a one-logit sequence-classification cross-encoder. "
-                "Use RelevanceGrader for multi-label classifiers."
-            )
+        engine.require_one_logit("Reranker", "Use RelevanceGrader for multi-label classifiers.")
 
     @staticmethod
     def _ranked(texts: Sequence[str], results: Sequence[SequenceScores]) -> list[RankedText]:

@@ -1081,13 +1081,10 @@ def score_pairs(
     """
     pairs = list(zip(queries, documents, strict=True))
     engine = _engine(model_path, device, max_length, batch_size)
-    head = engine.head
-    if head.kind != "sequence" or head.num_labels != 1:
-        raise IncompatibleModelError(
-            f"{str(model_path)!r} has a {head.kind}-classification head with "
-            f"{head.num_labels} labels; reranker scores need a one-logit cross-encoder. "
-            "Measure graders with evaluate_grader and highlighters with evaluate_highlighter."
-        )
+    engine.require_one_logit(
+        "reranker scoring",
+        "Measure graders with evaluate_grader and highlighters with evaluate_highlighter.",
+    )
     if show_progress:
         print(f"scoring {len(pairs)} pairs with {model_path}", file=sys.stderr)
     results = engine.score_pairs(pairs)
