@@ -353,14 +353,14 @@ def padding_ceiling(
     sentence-transformers (>= 5) sorts one call's pairs by character length, longest first,
     and pads each batch of ``st_batch_size`` to its longest pair; the engine packs windows
     sorted by token length into batches of at most ``token_budget`` padded tokens (the
-    engine's own packing, :func:`crag_integrations.engine._pack_batches`). An engine doing
+    engine's own packing, :func:`crag_integrations.engine.batching.pack_batches`). An engine doing
     the same arithmetic cannot beat the peer by more than ``st_vs_engine_flops`` from
     padding; anything above it comes from elsewhere (precision, cache locality, overhead).
     ``bucketed`` pads the engine's batches to its length buckets, as it does on CUDA.
     """
     from types import SimpleNamespace
 
-    from crag_integrations.engine import _bucket_length, _pack_batches
+    from crag_integrations.engine.batching import bucket_length, pack_batches
 
     def flops(length: int, count: int = 1) -> float:
         return count * sequence_flops(
@@ -375,9 +375,9 @@ def padding_ceiling(
             st += flops(max(batch), len(batch))
         exact += sum(flops(t) for _, t in call)
         windows = [SimpleNamespace(input_ids=range(t)) for _, t in call]
-        for packed in _pack_batches(windows, token_budget):  # type: ignore[arg-type]
+        for packed in pack_batches(windows, token_budget):  # type: ignore[arg-type]
             longest = len(packed[0].input_ids)
-            engine += flops(_bucket_length(longest) if bucketed else longest, len(packed))
+            engine += flops(bucket_length(longest) if bucketed else longest, len(packed))
     return {
         "st_vs_exact_flops": st / exact,
         "engine_vs_exact_flops": engine / exact,
@@ -636,9 +636,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.arch, args.queries, args.chunks, args.callers = "tiny", 4, 6, 4
         args.min_words, args.max_words = 5, 40
 
-    from crag_integrations.engine import _resolve_device
+    from crag_integrations.engine.devices import resolve_device
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     report: dict[str, Any] = {"machine": _machine(device), "args": vars(args), "throughput": []}
     print(json.dumps(report["machine"]))
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from crag_integrations import get_engine, release_engines
-from crag_integrations.engine import _Request
+from crag_integrations.engine.requests import Request
 from crag_integrations.types import SequenceScores, TokenScores
 
 TOPICS = (
@@ -47,7 +47,7 @@ def _logits(results: list[SequenceScores]) -> list[list[float]]:
 
 
 def _estimate(pairs: list[tuple[str, str]]) -> int:
-    return _Request("sequence", pairs, None, 0, 1).estimated_tokens
+    return Request("sequence", pairs, None, 0, 1).estimated_tokens
 
 
 def _references(path: str, requests: list[list[tuple[str, str]]]) -> list[Any]:
@@ -227,7 +227,7 @@ def test_a_cancelled_concurrent_future_is_skipped(reranker_path: str) -> None:
     engine = get_engine(reranker_path, max_wait_ms=0, cache_size=0)
     engine.load()
     runner = engine._runner
-    request = _Request("sequence", _request_pairs(1), 128, 0, 4096)
+    request = Request("sequence", _request_pairs(1), 128, 0, 4096)
     request.future.cancel()
     runner.submit(request)
     # A later request is served; the cancelled one never produced a result.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +20,8 @@ from crag_integrations import (
     get_engine,
     release_engines,
 )
+from crag_integrations.engine.loading import windows_cover_text
+from crag_integrations.engine.windows import EncodedWindow, clamp_stride, encode_windows
 from crag_integrations.testing import save_tiny_checkpoint
 
 PAIRS = [
@@ -304,12 +308,10 @@ def test_invalid_configs_are_rejected() -> None:
 
 def test_window_coverage_check_is_exact() -> None:
     """The load-time guard accepts windows that hold every token and rejects any loss."""
-    from crag_integrations.engine import _windows_cover_text
-
     text = [(0, 4), (5, 9), (10, 14), (15, 19)]
-    assert _windows_cover_text(text, [[(0, 4), (5, 9), (10, 14)], [(10, 14), (15, 19)]])
-    assert not _windows_cover_text(text, [[(0, 4), (5, 9)], [(5, 9), (10, 14)]])
-    assert _windows_cover_text([], [])
+    assert windows_cover_text(text, [[(0, 4), (5, 9), (10, 14)], [(10, 14), (15, 19)]])
+    assert not windows_cover_text(text, [[(0, 4), (5, 9)], [(5, 9), (10, 14)]])
+    assert windows_cover_text([], [])
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -320,7 +322,107 @@ def test_overflow_windows_of_the_installed_tokenizers_lose_no_text(
     every load runs; transformers 5.17.0 fails it)."""
     from transformers import AutoTokenizer
 
-    from crag_integrations.engine import _check_overflow_windows
+    from crag_integrations.engine.loading import check_overflow_windows
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoints[f"{arch}-rerank"])
-    _check_overflow_windows(tokenizer, arch)
+    check_overflow_windows(tokenizer, arch)
+
+
+# --------------------------------------------------------------------------------------
+# encode_windows: the one windowing function of inference and training
+
+LONG_TEXT = " ".join(f"sentence {i} talks about rivers, stones and clouds." for i in range(40))
+
+
+def _text_tokens(window: EncodedWindow) -> list[tuple[int, int]]:
+    assert window.sequence_ids is not None and window.offsets is not None
+    return [o for o, s in zip(window.offsets, window.sequence_ids, strict=True) if s == 1]
+
+
+def test_clamp_stride_keeps_windows_advancing() -> None:
+    """The stride is at most half the room the query leaves; no room at all is an error."""
+    assert clamp_stride(8, max_length=64, query_tokens=10, special_tokens=3) == 8
+    assert clamp_stride(128, max_length=64, query_tokens=10, special_tokens=3) == 25
+    assert clamp_stride(128, max_length=64, query_tokens=60, special_tokens=3) == 0
+    with pytest.raises(ValueError, match="leaves no room for the text within max_length=64"):
+        clamp_stride(0, max_length=64, query_tokens=61, special_tokens=3)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_a_long_query_with_a_large_stride_gets_a_clamped_stride_and_full_coverage(
+    checkpoints: dict[str, Path], arch: str
+) -> None:
+    """A stride beyond half the text room is clamped; windows advance and cover the text."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints[f"{arch}-rerank"])
+    query = "what do the sentences say about rivers and stones and clouds " * 3
+    query_tokens = len(tokenizer(query, add_special_tokens=False)["input_ids"])
+    special = tokenizer.num_special_tokens_to_add(pair=True)
+    max_length = query_tokens + special + 20
+    [windows] = encode_windows(
+        tokenizer,
+        [(query, LONG_TEXT)],
+        max_length=max_length,
+        stride=1_000,
+        with_offsets=True,
+        with_token_type_ids=False,
+    )
+    assert not isinstance(windows, ValueError)
+    assert len(windows) > 2
+    assert all(len(w.input_ids) <= max_length and w.token_type_ids is None for w in windows)
+    text = tokenizer(LONG_TEXT, add_special_tokens=False, return_offsets_mapping=True)
+    text_offsets = [tuple(o) for o in text["offset_mapping"]]
+    per_window = [_text_tokens(w) for w in windows]
+    assert windows_cover_text(text_offsets, per_window)
+    for before, after in itertools.pairwise(per_window):
+        # Consecutive windows share exactly the clamped stride: half of the 20-token room.
+        assert before[-10:] == after[:10]
+        assert after[-1] > before[-1]
+
+
+def test_a_query_with_no_room_fails_only_its_own_pair(checkpoints: dict[str, Path]) -> None:
+    """The other pairs are windowed exactly as they would be alone."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints["bert-rerank"])
+    options: dict[str, Any] = {
+        "max_length": 32,
+        "stride": 8,
+        "with_offsets": False,
+        "with_token_type_ids": True,
+    }
+    pairs = [("short query", LONG_TEXT), ("a very long query " * 20, "Rain."), ("q", "Rain.")]
+    first, failed, last = encode_windows(tokenizer, pairs, **options)
+    assert isinstance(failed, ValueError)
+    assert "Shorten the query or raise max_length" in str(failed)
+    assert first == encode_windows(tokenizer, pairs[:1], **options)[0]
+    assert last == encode_windows(tokenizer, pairs[2:], **options)[0]
+    assert not isinstance(first, ValueError) and not isinstance(last, ValueError)
+    assert len(first) > 1 and len(last) == 1
+    assert all(w.token_type_ids is not None and w.offsets is None for w in first)
+    assert encode_windows(tokenizer, [], **options) == []
+
+
+def test_the_engine_reads_exactly_the_windows_of_encode_windows(
+    checkpoints: dict[str, Path],
+) -> None:
+    """Inference windows through encode_windows: same windows, same text offsets."""
+    from transformers import AutoTokenizer
+
+    path = str(checkpoints["bert-token"])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    query = "where do rivers go?"
+    [windows] = encode_windows(
+        tokenizer,
+        [(query, LONG_TEXT)],
+        max_length=48,
+        stride=12,
+        with_offsets=True,
+        with_token_type_ids=True,
+    )
+    assert not isinstance(windows, ValueError)
+    [scores] = get_engine(path).token_scores([(query, LONG_TEXT)], max_length=48, stride=12)
+    assert scores.num_windows == len(windows)
+    merged = sorted({o for w in windows for o in _text_tokens(w)})
+    assert list(scores.offsets) == merged

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from crag_integrations import get_engine
-from crag_integrations.score_cache import CacheInfo, ScoreCache
+from crag_integrations.engine.cache import CacheInfo, ScoreCache
 
 QUERY = "what causes rain?"
 TEXTS = [

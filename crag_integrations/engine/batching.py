@@ -1,0 +1,189 @@
+"""The pure steps around a drain's forward passes: windows in, batches out, results back.
+
+Pre-process: :func:`encode_requests` windows every pair of every request in a drain in as
+few tokenizer calls as possible. Batching: :func:`pack_batches` sorts windows by length and
+packs them under a token budget; :func:`bucket_length` rounds a batch's width to a few
+shapes. Post-process: :func:`merge_token_windows` stitches one text's token probabilities
+back together. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from crag_integrations.engine.requests import Request, Window
+from crag_integrations.engine.windows import (
+    EncodedWindow,
+    clamp_stride,
+    count_query_tokens,
+    encode_windows,
+)
+from crag_integrations.types import TokenScores
+
+if TYPE_CHECKING:
+    from crag_integrations.engine.loading import LoadedModel
+
+__all__ = [
+    "ACCELERATOR_TOKEN_BUDGET",
+    "CPU_TOKEN_BUDGET",
+    "bucket_length",
+    "default_token_budget",
+    "encode_requests",
+    "merge_token_windows",
+    "pack_batches",
+]
+
+#: Small batches win on CPU: activations stay in cache. Measured on a 2-core x86 machine with
+#: MiniLM-L6 (fp32, 50 chunks of 40-400 words per call): 2,048 tokens per batch scored 21.2
+#: pairs/s, 16,384 tokens 12.8 pairs/s (sentence-transformers' batch of 32: 11.7).
+CPU_TOKEN_BUDGET = 2_048
+ACCELERATOR_TOKEN_BUDGET = 131_072
+
+
+def default_token_budget(device: str) -> int:
+    """Padded tokens per forward pass when the configuration sets none."""
+    return CPU_TOKEN_BUDGET if device == "cpu" else ACCELERATOR_TOKEN_BUDGET
+
+
+def encode_requests(
+    loaded: LoadedModel, requests: Sequence[Request]
+) -> list[list[list[Window]] | Exception]:
+    """Tokenize every request of a drain into windows, in as few tokenizer calls as possible.
+
+    Returns, per request, one list of windows per pair, or the exception that request
+    alone fails with (a query that leaves no room for text). Pairs of all requests that
+    share (max_length, clamped stride, task) go through one :func:`encode_windows` call,
+    one batched tokenizer call that the Rust tokenizer parallelises; a pair's windows
+    depend only on its own query, text, max_length and stride, never on what else shares
+    the call.
+    """
+    tokenizer = loaded.tokenizer
+    query_tokens = count_query_tokens(
+        tokenizer, (query for request in requests for query, _ in request.pairs)
+    )
+    results: list[list[list[Window]] | Exception] = []
+    groups: dict[tuple[int, int, bool], list[tuple[int, int]]] = {}
+    for request_index, request in enumerate(requests):
+        max_length = request.max_length or loaded.default_max_length
+        members: list[tuple[tuple[int, int, bool], int]] = []
+        failure: Exception | None = None
+        for pair_index, (query, _text) in enumerate(request.pairs):
+            try:
+                stride = clamp_stride(
+                    request.stride,
+                    max_length=max_length,
+                    query_tokens=query_tokens[query],
+                    special_tokens=loaded.special_tokens_in_pair,
+                )
+            except ValueError as exc:
+                failure = exc
+                break
+            members.append(((max_length, stride, request.task == "token"), pair_index))
+        if failure is not None:
+            results.append(failure)
+            continue
+        results.append([[] for _ in request.pairs])
+        for key, pair_index in members:
+            groups.setdefault(key, []).append((request_index, pair_index))
+
+    with_types = "token_type_ids" in loaded.input_names
+    for (max_length, stride, with_offsets), members_of_group in groups.items():
+        encoded = encode_windows(
+            tokenizer,
+            [requests[r].pairs[p] for r, p in members_of_group],
+            max_length=max_length,
+            stride=stride,
+            with_offsets=with_offsets,
+            with_token_type_ids=with_types,
+            query_tokens=query_tokens,
+        )
+        for (request_index, pair_index), pair_windows in zip(
+            members_of_group, encoded, strict=True
+        ):
+            # The stride was clamped above, so no pair of a group can fail here.
+            assert not isinstance(pair_windows, ValueError)
+            target = results[request_index]
+            assert not isinstance(target, Exception)
+            target[pair_index].extend(
+                _window(request_index, pair_index, window) for window in pair_windows
+            )
+    return results
+
+
+def _window(request: int, pair: int, encoded: EncodedWindow) -> Window:
+    """The engine's window of ``encoded``: its ids, and for token tasks the text's tokens."""
+    window = Window(
+        request=request,
+        pair=pair,
+        input_ids=encoded.input_ids,
+        token_type_ids=encoded.token_type_ids,
+    )
+    if encoded.sequence_ids is not None and encoded.offsets is not None:
+        offsets = encoded.offsets
+        positions = [p for p, s in enumerate(encoded.sequence_ids) if s == 1]
+        window.text_positions = positions
+        window.text_offsets = [offsets[p] for p in positions]
+    return window
+
+
+def pack_batches(windows: Sequence[Window], token_budget: int) -> list[list[Window]]:
+    """Sort windows longest first and pack them so batch_size x longest <= token_budget."""
+    ordered = sorted(windows, key=lambda w: len(w.input_ids), reverse=True)
+    batches: list[list[Window]] = []
+    current: list[Window] = []
+    for window in ordered:
+        longest = len(current[0].input_ids) if current else len(window.input_ids)
+        if current and (len(current) + 1) * longest > token_budget:
+            batches.append(current)
+            current = []
+        current.append(window)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def bucket_length(length: int) -> int:
+    """Round a sequence length up to a compile bucket: multiples of 64, then powers of 2."""
+    if length <= 512:
+        return max(64, -(-length // 64) * 64)
+    bucket = 1024
+    while bucket < length:
+        bucket *= 2
+    return bucket
+
+
+def merge_token_windows(windows: Sequence[Window]) -> TokenScores:
+    """Stitch overlapping windows of one text back into one token sequence (mean probs)."""
+    offsets: list[tuple[int, int]] = []
+    sums: list[list[float]] = []
+    counts: list[int] = []
+    for window in windows:
+        assert window.text_offsets is not None
+        probs: list[list[float]] = window.output
+        window_offsets = window.text_offsets
+        start = len(offsets)
+        if offsets and window_offsets:
+            # The window re-reads the tail of the previous one; find where it starts.
+            for candidate in range(max(0, len(offsets) - len(window_offsets)), len(offsets) + 1):
+                tail = offsets[candidate:]
+                if window_offsets[: len(tail)] == tail:
+                    start = candidate
+                    break
+            else:  # pragma: no cover - tokenizers always produce contiguous windows
+                raise RuntimeError("overlapping windows do not line up; please report this")
+        for position, (offset, prob) in enumerate(zip(window_offsets, probs, strict=True)):
+            index = start + position
+            if index < len(offsets):
+                sums[index] = [a + b for a, b in zip(sums[index], prob, strict=True)]
+                counts[index] += 1
+            else:
+                offsets.append(offset)
+                sums.append(list(prob))
+                counts.append(1)
+    probabilities = tuple(
+        tuple(value / count for value in total) for total, count in zip(sums, counts, strict=True)
+    )
+    return TokenScores(
+        offsets=tuple(offsets), probabilities=probabilities, num_windows=len(windows)
+    )
