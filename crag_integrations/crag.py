@@ -24,21 +24,26 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from crag_integrations.config import EngineConfig, as_engine_config
-from crag_integrations.engine import CrossEncoderEngine, get_engine
 from crag_integrations.errors import IncompatibleModelError
 from crag_integrations.inputs import check_query, check_texts
-from crag_integrations.scoring import (
-    best_window,
-    relevance_probability,
-    relevant_label_mask,
-    select_top,
-    sentence_ranges,
+from crag_integrations.roles import RelevanceGrader, Reranker
+from crag_integrations.scoring import select_top, sentence_ranges
+from crag_integrations.types import (
+    CragAction,
+    CragEvaluation,
+    DocumentEvaluation,
+    DroppedText,
+    NoEvidencePolicy,
+    PipelineResult,
+    ProcessedText,
+    RefinedDocument,
+    ScoreScale,
+    Span,
 )
-from crag_integrations.types import SequenceScores, Span
 
 __all__ = [
     "DEFAULT_LOWER",
@@ -57,8 +62,6 @@ __all__ = [
     "split_strips",
 ]
 
-CragAction = Literal["correct", "ambiguous", "incorrect"]
-ScoreScale = Literal["probability", "logit"]
 StripMode = Literal["sentences", "sentence_groups", "words"]
 
 #: Default upper threshold on the relevance probability: a document at least this likely
@@ -161,43 +164,30 @@ def calibrate_thresholds(
     return upper, min(lower, upper)
 
 
+def check_action_thresholds(upper: float, lower: float, *, scale: ScoreScale) -> None:
+    """Raise ``ValueError`` unless ``lower <= upper`` and, on the probability scale, both
+    lie in ``[0, 1]``: the one validation of CRAG action thresholds, wherever they are set.
+
+    Example:
+        >>> check_action_thresholds(0.6, 0.2, scale="probability")
+    """
+    if scale not in ("probability", "logit"):
+        raise ValueError(f"scale must be 'probability' or 'logit', not {scale!r}")
+    if any(math.isnan(t) for t in (upper, lower)):
+        raise ValueError("action thresholds must be numbers, not NaN")
+    if lower > upper:
+        raise ValueError(f"lower ({lower}) must not exceed upper ({upper})")
+    if scale == "probability" and not (0.0 <= lower <= 1.0 and 0.0 <= upper <= 1.0):
+        raise ValueError("probability thresholds must lie in [0, 1]; use scale='logit'")
+
+
 # --------------------------------------------------------------------------------------
-# Scoring shared by the evaluator and the refiner
+# Scoring shared by the evaluator and the refiner: through the roles, never the engine
 
-
-def _check_head(engine: CrossEncoderEngine, scale: ScoreScale) -> None:
-    """Fail before any forward pass if the model cannot give CRAG scores on ``scale``."""
-    head = engine.head
-    if head.kind != "sequence":
-        raise IncompatibleModelError(
-            f"{engine.config.model!r} has a token-classification head; the CRAG evaluator "
-            "and refiner need a one-logit reranker or a sequence classifier (use "
-            "EvidenceHighlighter for token heads)."
-        )
-    if scale == "logit" and head.num_labels != 1:
-        raise ValueError(
-            f"scale='logit' needs a one-logit reranker; {engine.config.model!r} has "
-            f"{head.num_labels} labels, so use scale='probability'"
-        )
-
-
-def _scores(
-    engine: CrossEncoderEngine,
-    results: Sequence[SequenceScores],
-    scale: ScoreScale,
-    relevant_labels: tuple[str, ...] | None,
-) -> list[float]:
-    head = engine.head
-    if head.num_labels == 1:
-        logits = [r.window_logits[best_window(r.window_logits)] for r in results]
-        if scale == "logit":
-            return [w[0] for w in logits]
-        return [relevance_probability(w, None) for w in logits]
-    mask = relevant_label_mask(head.id2label, relevant_labels)
-    return [
-        relevance_probability(r.window_logits[best_window(r.window_logits, mask)], mask)
-        for r in results
-    ]
+_CRAG_ADVICE = (
+    " The CRAG evaluator and refiner score with scale='logit' only on one-logit rerankers;"
+    " use scale='probability' for classifiers."
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,11 +195,8 @@ class _Scorer:
     model: str | EngineConfig
     scale: ScoreScale = "probability"
     relevant_labels: tuple[str, ...] | None = None
-
-    @property
-    def engine(self) -> CrossEncoderEngine:
-        """The process-wide shared engine (looked up on every call, never loaded here)."""
-        return get_engine(as_engine_config(self.model))
+    _reranker: Reranker | None = field(default=None, init=False, repr=False, compare=False)
+    _grader: RelevanceGrader | None = field(default=None, init=False, repr=False, compare=False)
 
     def _validate_scorer(self) -> None:
         as_engine_config(self.model)  # a TypeError for anything but an id, path or config
@@ -220,51 +207,49 @@ class _Scorer:
             if isinstance(labels, str):
                 raise TypeError("relevant_labels must be a sequence of label names; wrap it")
             object.__setattr__(self, "relevant_labels", tuple(self.relevant_labels))
+        # The logit scale is a one-logit reranker's raw score; the probability scale is a
+        # relevance grader's probability (the sigmoid for one-logit models).
+        if self.scale == "logit":
+            object.__setattr__(self, "_reranker", Reranker(model=self.model))
+        else:
+            grader = RelevanceGrader(model=self.model, relevant_labels=self.relevant_labels)
+            object.__setattr__(self, "_grader", grader)
+
+    @property
+    def role(self) -> Reranker | RelevanceGrader:
+        """The role that scores: a :class:`Reranker` on the logit scale, else a
+        :class:`RelevanceGrader` (its engine is shared, looked up, never loaded here)."""
+        role = self._reranker if self._reranker is not None else self._grader
+        assert role is not None
+        return role
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         """Relevance scores of ``texts`` on ``scale``, in input order, in one engine call."""
         if not texts:
             return []
-        engine = self.engine
-        _check_head(engine, self.scale)
-        results = engine.score_pairs([(query, t) for t in texts])
-        return _scores(engine, results, self.scale, self.relevant_labels)
+        if self._reranker is not None:
+            try:
+                return self._reranker.score(query, texts)
+            except IncompatibleModelError as error:
+                raise IncompatibleModelError(f"{error}{_CRAG_ADVICE}") from error
+        assert self._grader is not None
+        return [grade.probability for grade in self._grader.grade(query, texts)]
 
     async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
         """Async :meth:`score`."""
         if not texts:
             return []
-        engine = self.engine
-        await engine.aload()
-        _check_head(engine, self.scale)
-        results = await engine.ascore_pairs([(query, t) for t in texts])
-        return _scores(engine, results, self.scale, self.relevant_labels)
+        if self._reranker is not None:
+            try:
+                return await self._reranker.ascore(query, texts)
+            except IncompatibleModelError as error:
+                raise IncompatibleModelError(f"{error}{_CRAG_ADVICE}") from error
+        assert self._grader is not None
+        return [grade.probability for grade in await self._grader.agrade(query, texts)]
 
 
 # --------------------------------------------------------------------------------------
 # Evaluator
-
-
-@dataclass(frozen=True, slots=True)
-class CragEvaluation:
-    """The evaluator's verdict for one query.
-
-    Attributes:
-        action: ``"correct"``, ``"ambiguous"`` or ``"incorrect"``.
-        scores: Each document's relevance score, in input order.
-        document_actions: Each document's own band (``correct`` >= upper, ``incorrect``
-            < lower, else ``ambiguous``), in input order.
-        upper: The upper threshold used.
-        lower: The lower threshold used.
-        scale: ``"probability"`` or ``"logit"``.
-    """
-
-    action: CragAction
-    scores: tuple[float, ...]
-    document_actions: tuple[CragAction, ...]
-    upper: float
-    lower: float
-    scale: ScoreScale
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -278,6 +263,8 @@ class CragEvaluator(_Scorer):
         lower: Score below which every document must fall for ``incorrect``.
         scale: ``"probability"`` (default, any head) or ``"logit"`` (one-logit rerankers).
         relevant_labels: For multi-class graders, the labels that mean relevant.
+        drop_incorrect: In :meth:`run`, drop the documents whose own band is
+            ``"incorrect"`` (reason ``"incorrect"``); by default every document is kept.
 
     Example:
         >>> evaluator = CragEvaluator(model="cross-encoder/ms-marco-MiniLM-L6-v2")
@@ -287,15 +274,11 @@ class CragEvaluator(_Scorer):
 
     upper: float = DEFAULT_UPPER
     lower: float = DEFAULT_LOWER
+    drop_incorrect: bool = False
 
     def __post_init__(self) -> None:
         self._validate_scorer()
-        if self.lower > self.upper:
-            raise ValueError(f"lower ({self.lower}) must not exceed upper ({self.upper})")
-        if self.scale == "probability" and not (
-            0.0 <= self.lower <= 1.0 and 0.0 <= self.upper <= 1.0
-        ):
-            raise ValueError("probability thresholds must lie in [0, 1]; use scale='logit'")
+        check_action_thresholds(self.upper, self.lower, scale=self.scale)
 
     def _evaluation(self, scores: list[float]) -> CragEvaluation:
         return CragEvaluation(
@@ -307,6 +290,28 @@ class CragEvaluator(_Scorer):
             scale=self.scale,
         )
 
+    def _result(self, texts: Sequence[str], evaluation: CragEvaluation) -> PipelineResult:
+        kept: list[ProcessedText] = []
+        dropped: list[DroppedText] = []
+        for index, (text, score, band) in enumerate(
+            zip(texts, evaluation.scores, evaluation.document_actions, strict=True)
+        ):
+            judged = DocumentEvaluation(score=score, action=band)
+            if self.drop_incorrect and band == "incorrect":
+                dropped.append(
+                    DroppedText(index=index, text=text, reason="incorrect", evaluation=judged)
+                )
+            else:
+                kept.append(
+                    ProcessedText(index=index, text=text, output_text=text, evaluation=judged)
+                )
+        return PipelineResult(
+            kept=tuple(kept),
+            dropped=tuple(dropped),
+            action=evaluation.action,
+            evaluation=evaluation,
+        )
+
     def evaluate(self, query: str, texts: Sequence[str]) -> CragEvaluation:
         """Score ``texts`` and decide the action (no texts: ``incorrect``, nothing scored)."""
         query, items = check_query(query), check_texts(texts)
@@ -316,6 +321,19 @@ class CragEvaluator(_Scorer):
         """Async :meth:`evaluate`."""
         query, items = check_query(query), check_texts(texts)
         return self._evaluation(await self.ascore(query, items))
+
+    def run(self, query: str, texts: Sequence[str]) -> PipelineResult:
+        """:meth:`evaluate`, in the pipeline's result shape: every document kept in input
+        order with its :class:`~crag_integrations.types.DocumentEvaluation` (less the
+        ``incorrect`` ones when ``drop_incorrect``), the query's ``action`` and the whole
+        ``evaluation``."""
+        items = check_texts(texts)
+        return self._result(items, self.evaluate(query, items))
+
+    async def arun(self, query: str, texts: Sequence[str]) -> PipelineResult:
+        """Async :meth:`run`."""
+        items = check_texts(texts)
+        return self._result(items, await self.aevaluate(query, items))
 
 
 # --------------------------------------------------------------------------------------
@@ -372,25 +390,6 @@ def select_strips(
     return sorted(select_top(scores, top_n=top_k, min_score=threshold))
 
 
-@dataclass(frozen=True, slots=True)
-class RefinedDocument:
-    """One document after knowledge refinement.
-
-    Attributes:
-        index: Position of the document in the caller's list.
-        text: The original text.
-        refined_text: Kept strips joined by the separator, in original order ("" if none).
-        strips: The kept strips with their scores and offsets into ``text``.
-        num_strips: How many strips the document was split into.
-    """
-
-    index: int
-    text: str
-    refined_text: str
-    strips: tuple[Span, ...]
-    num_strips: int
-
-
 @dataclass(frozen=True, kw_only=True)
 class KnowledgeRefiner(_Scorer):
     """Decompose documents into strips, keep the relevant ones, recompose them.
@@ -410,6 +409,9 @@ class KnowledgeRefiner(_Scorer):
         separator: Joins a document's kept strips.
         scale: ``"probability"`` or ``"logit"`` (one-logit rerankers only).
         relevant_labels: For multi-class graders, the labels that mean relevant.
+        on_no_evidence: In :meth:`run`, what happens to a document none of whose strips
+            survive: ``"keep"`` it whole (its original text is the output) or ``"drop"``
+            it (reason ``"no_evidence"``).
 
     Bad input never raises: a document without strips (empty or whitespace-only)
     refines to ``refined_text == ""``, ``strips == ()`` and ``num_strips == 0`` and costs
@@ -417,7 +419,7 @@ class KnowledgeRefiner(_Scorer):
     single strip, scored like any other (the engine reads a long strip window by window
     and keeps its best window), so it is kept or dropped whole. A document none of whose
     strips survive also refines to ``""``: the caller decides whether to fall back to
-    the original text.
+    the original text (:meth:`run` decides that by ``on_no_evidence``).
 
     Example:
         >>> refiner = KnowledgeRefiner(model="cross-encoder/ms-marco-MiniLM-L6-v2", top_k=5)
@@ -430,9 +432,14 @@ class KnowledgeRefiner(_Scorer):
     threshold: float | None = 0.5
     top_k: int | None = None
     separator: str = " "
+    on_no_evidence: NoEvidencePolicy = "keep"
 
     def __post_init__(self) -> None:
         self._validate_scorer()
+        if self.on_no_evidence not in ("keep", "drop"):
+            raise ValueError(
+                f"on_no_evidence must be 'keep' or 'drop', not {self.on_no_evidence!r}"
+            )
         split_strips("", mode=self.mode, group_size=self.group_size, window_words=self.window_words)
         if self.threshold is None and self.top_k is None:
             raise ValueError("set threshold, top_k or both; otherwise nothing is refined")
@@ -490,3 +497,33 @@ class KnowledgeRefiner(_Scorer):
         strips = self._strips(items)
         scores = await self.ascore(query, [items[d][s:e] for d, s, e in strips])
         return self._recompose(items, strips, scores)
+
+    def _result(self, refined: list[RefinedDocument]) -> PipelineResult:
+        kept: list[ProcessedText] = []
+        dropped: list[DroppedText] = []
+        for item in refined:
+            if item.strips:
+                output = item.refined_text
+            elif self.on_no_evidence == "drop":
+                dropped.append(
+                    DroppedText(
+                        index=item.index, text=item.text, reason="no_evidence", refined=item
+                    )
+                )
+                continue
+            else:
+                output = item.text
+            kept.append(
+                ProcessedText(index=item.index, text=item.text, output_text=output, refined=item)
+            )
+        return PipelineResult(kept=tuple(kept), dropped=tuple(dropped))
+
+    def run(self, query: str, texts: Sequence[str]) -> PipelineResult:
+        """:meth:`refine`, in the pipeline's result shape: each document's output text is its
+        kept strips, or, when none survive, its original text (``on_no_evidence="keep"``) or
+        nothing (``"drop"``: it is dropped with reason ``"no_evidence"``)."""
+        return self._result(self.refine(query, texts))
+
+    async def arun(self, query: str, texts: Sequence[str]) -> PipelineResult:
+        """Async :meth:`run`."""
+        return self._result(await self.arefine(query, texts))

@@ -15,8 +15,11 @@ Documented behaviour (tested):
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
 
-__all__ = ["check_query", "check_texts"]
+__all__ = ["check_items", "check_query", "check_texts"]
+
+T = TypeVar("T")
 
 
 def check_query(query: object) -> str:
@@ -38,4 +41,24 @@ def check_texts(texts: object) -> list[str]:
     for index, text in enumerate(result):
         if not isinstance(text, str):
             raise TypeError(f"texts[{index}] must be a str, not {type(text).__name__}")
+    return result
+
+
+def check_items(items: object, kind: type[T], name: str) -> list[T]:
+    """Return ``items`` as a new list of ``kind`` instances (an adapter's documents or
+    nodes), or raise ``TypeError`` saying what was expected and which element is wrong.
+
+    Example:
+        >>> check_items([1, 2], int, "numbers")
+        [1, 2]
+    """
+    expected = f"{name} must be a list of {kind.__name__}"
+    if isinstance(items, kind):
+        raise TypeError(f"{expected}, not a single {kind.__name__}; wrap it in [...]")
+    if isinstance(items, (str, bytes, dict)) or not isinstance(items, Iterable):
+        raise TypeError(f"{expected}, not {type(items).__name__}")
+    result = list(items)
+    for index, item in enumerate(result):
+        if not isinstance(item, kind):
+            raise TypeError(f"{name}[{index}] must be a {kind.__name__}, not {type(item).__name__}")
     return result

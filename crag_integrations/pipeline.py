@@ -9,24 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
 
+from crag_integrations.crag import check_action_thresholds, decide_action
 from crag_integrations.inputs import check_query, check_texts
 from crag_integrations.roles import EvidenceHighlighter, RelevanceGrader, Reranker
 from crag_integrations.scoring import select_top
 from crag_integrations.types import (
+    CragAction,
     DroppedText,
     DropReason,
     Grade,
     Highlight,
+    NoEvidencePolicy,
     PipelineResult,
     ProcessedText,
     RankedText,
 )
 
 __all__ = ["NoEvidencePolicy", "RerankGradeTrimPipeline", "action_scores"]
-
-NoEvidencePolicy = Literal["keep", "drop"]
 
 
 @dataclass
@@ -60,11 +60,20 @@ class RerankGradeTrimPipeline:
     3. ``highlighter`` (optional): replace each text by its evidence spans; texts with no
        evidence are kept whole (``on_no_evidence="keep"``) or dropped (``"drop"``).
 
+    With ``action_upper`` and ``action_lower`` (both or neither), the same run also decides
+    the query's CRAG action: :func:`~crag_integrations.crag.decide_action` over
+    :func:`action_scores` (the grade probabilities of every graded text when a grader
+    runs, else the reranker probabilities of every text), in ``PipelineResult.action``.
+
     Args:
         reranker: A :class:`Reranker`, or ``None`` to keep input order.
         grader: A :class:`RelevanceGrader`, or ``None`` to skip filtering.
         highlighter: An :class:`EvidenceHighlighter`, or ``None`` to keep texts whole.
         on_no_evidence: What to do with a text in which the highlighter found nothing.
+        action_upper: Relevance probability at or above which one text makes the action
+            ``"correct"`` (``None``: decide no action).
+        action_lower: Relevance probability below which every text must fall for
+            ``"incorrect"`` (``None``: decide no action).
 
     Example:
         >>> pipeline = RerankGradeTrimPipeline(
@@ -80,12 +89,38 @@ class RerankGradeTrimPipeline:
     grader: RelevanceGrader | None = None
     highlighter: EvidenceHighlighter | None = None
     on_no_evidence: NoEvidencePolicy = "keep"
+    action_upper: float | None = None
+    action_lower: float | None = None
 
     def __post_init__(self) -> None:
         if self.on_no_evidence not in ("keep", "drop"):
             raise ValueError(
                 f"on_no_evidence must be 'keep' or 'drop', not {self.on_no_evidence!r}"
             )
+        if (self.action_upper is None) != (self.action_lower is None):
+            raise ValueError(
+                "set both action_upper and action_lower to decide the CRAG action, or neither"
+            )
+        if self.action_upper is not None and self.action_lower is not None:
+            check_action_thresholds(self.action_upper, self.action_lower, scale="probability")
+            if self.reranker is None and self.grader is None:
+                raise ValueError(
+                    "the CRAG action is decided on relevance scores: add a reranker or a "
+                    "relevance_filter (a grader), or use the CRAG evaluator (CragEvaluator, "
+                    "CragEvaluatorCompressor, CragEvaluatorPostprocessor)"
+                )
+
+    @property
+    def decides_action(self) -> bool:
+        """Whether :meth:`run` decides the CRAG action (action thresholds are set)."""
+        return self.action_upper is not None
+
+    def _action(self, result: PipelineResult) -> CragAction | None:
+        if self.action_upper is None or self.action_lower is None:
+            return None
+        return decide_action(
+            action_scores(result), upper=self.action_upper, lower=self.action_lower
+        )
 
     # The three stages' decisions, shared by run() and arun().
 
@@ -151,40 +186,60 @@ class RerankGradeTrimPipeline:
                     highlight=draft.highlight,
                 )
             )
-        return PipelineResult(
+        result = PipelineResult(
             kept=tuple(kept), dropped=tuple(sorted(dropped, key=lambda d: d.index))
         )
+        action = self._action(result)
+        return result if action is None else replace(result, action=action)
 
     @staticmethod
-    def _drafts(texts: Sequence[str]) -> list[_Draft]:
-        return [_Draft(index=i, text=t) for i, t in enumerate(texts)]
-
-    def run(self, query: str, texts: Sequence[str]) -> PipelineResult:
-        """Run the configured stages over ``texts``; see the class docstring."""
+    def _inputs(
+        query: str, texts: Sequence[str], scored_texts: Sequence[str] | None
+    ) -> tuple[str, list[str], list[_Draft]]:
         query, items = check_query(query), check_texts(texts)
+        scored = items if scored_texts is None else check_texts(scored_texts)
+        if len(scored) != len(items):
+            raise ValueError(
+                f"scored_texts has {len(scored)} texts for {len(items)} texts; give one each"
+            )
+        return query, scored, [_Draft(index=i, text=t) for i, t in enumerate(items)]
+
+    def run(
+        self, query: str, texts: Sequence[str], *, scored_texts: Sequence[str] | None = None
+    ) -> PipelineResult:
+        """Run the configured stages over ``texts``; see the class docstring.
+
+        Args:
+            query: The query the texts were retrieved for.
+            texts: The texts; the highlighter reads these and spans point into them.
+            scored_texts: What the reranker and the grader read instead, one per text
+                (e.g. a LlamaIndex node's text with its embedding metadata); ``None``:
+                ``texts`` themselves.
+        """
+        query, scored, drafts = self._inputs(query, texts, scored_texts)
         dropped: list[DroppedText] = []
-        drafts = self._drafts(items)
         if self.reranker is not None and drafts:
-            ranked = self.reranker.score_texts(query, items)
+            ranked = self.reranker.score_texts(query, scored)
             drafts = self._after_rerank(drafts, ranked, dropped)
         if self.grader is not None and drafts:
-            grades = self.grader.grade(query, [d.text for d in drafts])
+            grades = self.grader.grade(query, [scored[d.index] for d in drafts])
             drafts = self._after_grade(drafts, grades, dropped)
         highlights = None
         if self.highlighter is not None and drafts:
             highlights = self.highlighter.highlight(query, [d.text for d in drafts])
         return self._finish(drafts, highlights, dropped)
 
-    async def arun(self, query: str, texts: Sequence[str]) -> PipelineResult:
+    async def arun(
+        self, query: str, texts: Sequence[str], *, scored_texts: Sequence[str] | None = None
+    ) -> PipelineResult:
         """Async :meth:`run`."""
-        query, items = check_query(query), check_texts(texts)
+        query, scored, drafts = self._inputs(query, texts, scored_texts)
         dropped: list[DroppedText] = []
-        drafts = self._drafts(items)
         if self.reranker is not None and drafts:
-            ranked = await self.reranker.ascore_texts(query, items)
+            ranked = await self.reranker.ascore_texts(query, scored)
             drafts = self._after_rerank(drafts, ranked, dropped)
         if self.grader is not None and drafts:
-            grades = await self.grader.agrade(query, [d.text for d in drafts])
+            grades = await self.grader.agrade(query, [scored[d.index] for d in drafts])
             drafts = self._after_grade(drafts, grades, dropped)
         highlights = None
         if self.highlighter is not None and drafts:

@@ -33,6 +33,26 @@ from crag_integrations.types import Grade, Highlight, RankedText, SequenceScores
 __all__ = ["EvidenceHighlighter", "RelevanceGrader", "Reranker"]
 
 
+def require_one_logit(engine: CrossEncoderEngine, *, needed_by: str, instead: str) -> None:
+    """Refuse a model that is not a one-logit reranker before any score is misread.
+
+    Args:
+        engine: The engine whose head is checked (loads the model on first use).
+        needed_by: Who needs the single relevance logit (for the message).
+        instead: What to use for other heads (for the message).
+
+    Raises:
+        IncompatibleModelError: The head is a token head or has more than one label.
+    """
+    head = engine.head
+    if head.kind != "sequence" or head.num_labels != 1:
+        raise IncompatibleModelError(
+            f"{engine.config.model!r} has a {head.kind}-classification head with "
+            f"{head.num_labels} labels; {needed_by} needs a one-logit cross-encoder "
+            f"(sequence classification). {instead}"
+        )
+
+
 class _Role:
     """Shared plumbing: the engine behind a role's ``model`` field."""
 
@@ -84,7 +104,11 @@ class Reranker(_Role):
             raise ValueError(f"top_n must be >= 0 or None, not {self.top_n}")
 
     def _check_head(self, engine: CrossEncoderEngine) -> None:
-        engine.require_one_logit("Reranker", "Use RelevanceGrader for multi-label classifiers.")
+        require_one_logit(
+            engine,
+            needed_by="Reranker",
+            instead="Use RelevanceGrader for multi-label classifiers.",
+        )
 
     @staticmethod
     def _ranked(texts: Sequence[str], results: Sequence[SequenceScores]) -> list[RankedText]:
@@ -198,15 +222,19 @@ class RelevanceGrader(_Role):
         if self.relevant_labels is not None:
             object.__setattr__(self, "relevant_labels", tuple(self.relevant_labels))
 
-    def _grades(
-        self, engine: CrossEncoderEngine, texts: Sequence[str], results: Sequence[SequenceScores]
-    ) -> list[Grade]:
-        head = engine.head
-        if head.kind != "sequence":
+    @staticmethod
+    def _check_head(engine: CrossEncoderEngine) -> None:
+        # Before any forward pass, so the refusal names the role to use instead.
+        if engine.head.kind != "sequence":
             raise IncompatibleModelError(
                 f"{engine.config.model!r} has a token-classification head; RelevanceGrader "
                 "needs a sequence classifier (use EvidenceHighlighter for token heads)."
             )
+
+    def _grades(
+        self, engine: CrossEncoderEngine, texts: Sequence[str], results: Sequence[SequenceScores]
+    ) -> list[Grade]:
+        head = engine.head
         one_logit = head.num_labels == 1
         mask = None if one_logit else relevant_label_mask(head.id2label, self.relevant_labels)
         grades = []
@@ -240,6 +268,7 @@ class RelevanceGrader(_Role):
         if not items:
             return []
         engine = self.engine
+        self._check_head(engine)
         return self._grades(engine, items, engine.score_pairs([(query, t) for t in items]))
 
     async def agrade(self, query: str, texts: Sequence[str]) -> list[Grade]:
@@ -248,6 +277,8 @@ class RelevanceGrader(_Role):
         if not items:
             return []
         engine = self.engine
+        await engine.aload()
+        self._check_head(engine)
         results = await engine.ascore_pairs([(query, t) for t in items])
         return self._grades(engine, items, results)
 

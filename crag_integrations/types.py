@@ -11,21 +11,36 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "CragAction",
+    "CragEvaluation",
+    "DocumentEvaluation",
     "DropReason",
     "DroppedText",
     "Grade",
     "HeadKind",
     "Highlight",
     "ModelHead",
+    "NoEvidencePolicy",
     "PipelineResult",
     "ProcessedText",
     "RankedText",
+    "RefinedDocument",
+    "ScoreScale",
     "SequenceScores",
     "Span",
     "TokenScores",
 ]
 
 HeadKind = Literal["sequence", "token"]
+
+#: The CRAG retrieval evaluator's verdict, for a query or for one document's own band.
+CragAction = Literal["correct", "ambiguous", "incorrect"]
+
+#: The scale CRAG scores and thresholds are on: relevance probabilities or raw logits.
+ScoreScale = Literal["probability", "logit"]
+
+#: What a trimming stage does with a text in which it found no evidence.
+NoEvidencePolicy = Literal["keep", "drop"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +175,67 @@ class Highlight:
     num_windows: int
 
 
-DropReason = Literal["below_top_n", "below_score_threshold", "not_relevant", "no_evidence"]
+@dataclass(frozen=True, slots=True)
+class DocumentEvaluation:
+    """The CRAG retrieval evaluator's judgement of one document.
+
+    Attributes:
+        score: The document's relevance score on the evaluator's scale.
+        action: The document's own band: ``"correct"`` (score >= upper), ``"incorrect"``
+            (score < lower), else ``"ambiguous"``.
+    """
+
+    score: float
+    action: CragAction
+
+
+@dataclass(frozen=True, slots=True)
+class RefinedDocument:
+    """One document after CRAG knowledge refinement.
+
+    Attributes:
+        index: Position of the document in the caller's list.
+        text: The original text.
+        refined_text: Kept strips joined by the separator, in original order ("" if none).
+        strips: The kept strips with their scores and offsets into ``text``.
+        num_strips: How many strips the document was split into.
+    """
+
+    index: int
+    text: str
+    refined_text: str
+    strips: tuple[Span, ...]
+    num_strips: int
+
+
+@dataclass(frozen=True, slots=True)
+class CragEvaluation:
+    """The CRAG retrieval evaluator's verdict for one query.
+
+    Attributes:
+        action: ``"correct"``, ``"ambiguous"`` or ``"incorrect"``.
+        scores: Each document's relevance score, in input order.
+        document_actions: Each document's own band (``correct`` >= upper, ``incorrect``
+            < lower, else ``ambiguous``), in input order.
+        upper: The upper threshold used.
+        lower: The lower threshold used.
+        scale: ``"probability"`` or ``"logit"``.
+    """
+
+    action: CragAction
+    scores: tuple[float, ...]
+    document_actions: tuple[CragAction, ...]
+    upper: float
+    lower: float
+    scale: ScoreScale
+
+
+#: Why a text was dropped: the reranker's cut (``below_top_n``) or threshold
+#: (``below_score_threshold``), the grader (``not_relevant``), a trimming stage that found
+#: nothing (``no_evidence``), or the CRAG evaluator's own band (``incorrect``).
+DropReason = Literal[
+    "below_top_n", "below_score_threshold", "not_relevant", "no_evidence", "incorrect"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +245,13 @@ class ProcessedText:
     Attributes:
         index: Position in the caller's list.
         text: The caller's original text.
-        output_text: What to hand to the LLM: the trimmed evidence when a highlighter ran
-            and found some, else the original text.
+        output_text: What to hand to the LLM: the trimmed evidence (or refined strips)
+            when a trimming stage ran and found some, else the original text.
         ranked: The reranker's result, if a reranker ran.
         grade: The grader's result, if a grader ran.
         highlight: The highlighter's result, if a highlighter ran.
+        evaluation: The CRAG evaluator's judgement, if the evaluator ran.
+        refined: The knowledge refiner's result, if the refiner ran.
     """
 
     index: int
@@ -183,11 +260,14 @@ class ProcessedText:
     ranked: RankedText | None = None
     grade: Grade | None = None
     highlight: Highlight | None = None
+    evaluation: DocumentEvaluation | None = None
+    refined: RefinedDocument | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class DroppedText:
-    """A text the pipeline dropped, and the configured rule that dropped it."""
+    """A text a stage dropped, the configured rule that dropped it, and what each stage
+    that saw it said (the same fields as :class:`ProcessedText`)."""
 
     index: int
     text: str
@@ -195,18 +275,29 @@ class DroppedText:
     ranked: RankedText | None = None
     grade: Grade | None = None
     highlight: Highlight | None = None
+    evaluation: DocumentEvaluation | None = None
+    refined: RefinedDocument | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PipelineResult:
-    """Everything the pipeline decided for one query.
+    """Everything one stage decided for one query: the pipeline's, the CRAG evaluator's
+    and the knowledge refiner's common result, which the adapters translate.
 
     Attributes:
         kept: Surviving texts in final order (rerank order when a reranker ran, else input
             order).
-        dropped: Every other input text with the reason it was dropped, so nothing
-            disappears silently. ``len(kept) + len(dropped)`` equals the input length.
+        dropped: Every other input text with the reason it was dropped, in input order, so
+            nothing disappears silently. ``len(kept) + len(dropped)`` equals the input
+            length.
+        action: The query's CRAG action when the stage decides one (the evaluator always;
+            the pipeline when given action thresholds), else ``None``. Set even when
+            nothing is kept.
+        evaluation: The CRAG evaluator's whole verdict (scores and bands of every input
+            text, thresholds, scale) when the evaluator produced this result, else ``None``.
     """
 
     kept: tuple[ProcessedText, ...]
     dropped: tuple[DroppedText, ...] = field(default=())
+    action: CragAction | None = None
+    evaluation: CragEvaluation | None = None

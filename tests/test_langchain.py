@@ -39,7 +39,7 @@ from crag_integrations.langchain import (
     CrossEncoderRerank,
     EvidenceTrimmer,
     KnowledgeRefinerTrimmer,
-    RelevanceGraderFilter,
+    RelevanceFilter,
 )
 from crag_integrations.pipeline import action_scores
 
@@ -71,7 +71,7 @@ def _median(values: list[float]) -> float:
 
 Compressor = (
     CrossEncoderRerank
-    | RelevanceGraderFilter
+    | RelevanceFilter
     | EvidenceTrimmer
     | CragCompressor
     | CragEvaluatorCompressor
@@ -84,7 +84,7 @@ def _median_grade(checkpoints: dict[str, Path]) -> float:
     """The tiny grader's median relevance probability on TEXTS: a threshold that keeps
     about half of them whatever random weights this session's checkpoint drew (the tiny
     tokenizer, hence the weights, can differ between processes)."""
-    grader = RelevanceGraderFilter(model=str(checkpoints["bert-binary"])).role
+    grader = RelevanceFilter(model=str(checkpoints["bert-binary"])).role
     return _median([g.probability for g in grader.grade(QUERY, TEXTS)])
 
 
@@ -92,22 +92,16 @@ def _median_grade(checkpoints: dict[str, Path]) -> float:
 # of any 5 retrieved, at least 2) reach it, so at least one of the reranker's top 4 does.
 BUILDERS: dict[str, Builder] = {
     "rerank": lambda c: CrossEncoderRerank(model=str(c["bert-rerank"]), top_n=3),
-    "filter": lambda c: RelevanceGraderFilter(
-        model=str(c["bert-binary"]), threshold=_median_grade(c)
-    ),
+    "filter": lambda c: RelevanceFilter(model=str(c["bert-binary"]), threshold=_median_grade(c)),
     "trim": lambda c: EvidenceTrimmer(model=str(c["bert-token"]), threshold=0.4),
     "crag": lambda c: CragCompressor(
         reranker=CrossEncoderRerank(model=str(c["bert-rerank"]), top_n=4),
-        relevance_filter=RelevanceGraderFilter(
-            model=str(c["bert-binary"]), threshold=_median_grade(c)
-        ),
+        relevance_filter=RelevanceFilter(model=str(c["bert-binary"]), threshold=_median_grade(c)),
         trimmer=EvidenceTrimmer(model=str(c["bert-token"]), on_no_evidence="drop"),
     ),
     "crag-action": lambda c: CragCompressor(
         reranker=CrossEncoderRerank(model=str(c["bert-rerank"]), top_n=4),
-        relevance_filter=RelevanceGraderFilter(
-            model=str(c["bert-binary"]), threshold=_median_grade(c)
-        ),
+        relevance_filter=RelevanceFilter(model=str(c["bert-binary"]), threshold=_median_grade(c)),
         action_upper=0.6,
         action_lower=0.2,
     ),
@@ -336,9 +330,9 @@ def test_filter_metadata_matches_the_grader_role(checkpoints: dict[str, Path]) -
     """The filter keeps input order, drops exactly the documents graded not relevant,
     and writes the grade's probability, label and distribution."""
     path = str(checkpoints["bert-binary"])
-    probe = RelevanceGraderFilter(model=path).role.grade(QUERY, TEXTS)
+    probe = RelevanceFilter(model=path).role.grade(QUERY, TEXTS)
     threshold = _median([g.probability for g in probe])
-    compressor = RelevanceGraderFilter(model=path, threshold=threshold)
+    compressor = RelevanceFilter(model=path, threshold=threshold)
     grades = compressor.role.grade(QUERY, TEXTS)
     out = compressor.compress_documents(_documents(), QUERY)
     kept = [g for g in grades if g.relevant]
@@ -450,7 +444,7 @@ def test_bad_settings_fail_at_construction(checkpoints: dict[str, Path]) -> None
     with pytest.raises(ValidationError):
         CrossEncoderRerank(model=str(checkpoints["bert-rerank"]), top_n=-1)
     with pytest.raises(ValidationError):
-        RelevanceGraderFilter(model=str(checkpoints["bert-binary"]), threshold=1.5)
+        RelevanceFilter(model=str(checkpoints["bert-binary"]), threshold=1.5)
     with pytest.raises(ValidationError):
         EvidenceTrimmer(model=str(checkpoints["bert-token"]), on_no_evidence="maybe")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least one"):
@@ -580,7 +574,7 @@ def test_langchain_public_api_is_pinned() -> None:
         "CrossEncoderRerank",
         "EvidenceTrimmer",
         "KnowledgeRefinerTrimmer",
-        "RelevanceGraderFilter",
+        "RelevanceFilter",
     ]
     for name in lc.__all__:
         assert hasattr(lc, name), name
@@ -636,7 +630,7 @@ def test_evaluator_compressor_writes_the_evaluators_action_and_bands(
 def test_evaluator_compressor_drops_incorrect_documents_only_when_asked(
     checkpoints: dict[str, Path],
 ) -> None:
-    """drop_incorrect_documents removes exactly the documents whose own band is incorrect
+    """drop_incorrect removes exactly the documents whose own band is incorrect
     (keeping input order), the survivors still carry the query-level action, and the
     event reports the action and the drops."""
     path = str(checkpoints["bert-rerank"])
@@ -645,9 +639,7 @@ def test_evaluator_compressor_drops_incorrect_documents_only_when_asked(
     expected = CragEvaluator(model=path, upper=upper, lower=lower).evaluate(QUERY, TEXTS)
     incorrect = [i for i, band in enumerate(expected.document_actions) if band == "incorrect"]
     assert 0 < len(incorrect) < len(TEXTS)
-    compressor = CragEvaluatorCompressor(
-        model=path, upper=upper, lower=lower, drop_incorrect_documents=True
-    )
+    compressor = CragEvaluatorCompressor(model=path, upper=upper, lower=lower, drop_incorrect=True)
     recorder = _Recorder()
     out = compressor.compress_documents(_documents(), QUERY, callbacks=[recorder])
     assert [d.metadata["crag_original_index"] for d in out] == [
@@ -679,13 +671,13 @@ def test_no_documents_means_incorrect_and_nothing_scored(checkpoints: dict[str, 
     assert recorder.events[0][1]["action"] == "incorrect"
 
     crag = CragCompressor(
-        relevance_filter=RelevanceGraderFilter(model=config), action_upper=0.6, action_lower=0.2
+        relevance_filter=RelevanceFilter(model=config), action_upper=0.6, action_lower=0.2
     )
     empty = CragCompression(action="incorrect", documents=(), scores=())
     assert crag.evaluate_action(QUERY, []) == empty
     assert asyncio.run(crag.aevaluate_action(QUERY, [])) == empty
     assert crag.compress_documents([], QUERY) == []
-    assert not evaluator.evaluator.engine.is_loaded
+    assert not evaluator.evaluator.role.engine.is_loaded
 
 
 @pytest.mark.parametrize("with_grader", [True, False])
@@ -698,7 +690,7 @@ def test_crag_compressor_action_is_decided_on_the_pipelines_action_scores(
     give each of the three actions; evaluate_action returns exactly compress_documents'
     documents, sync and async."""
     reranker = CrossEncoderRerank(model=str(checkpoints["bert-rerank"]), top_n=4)
-    grader = RelevanceGraderFilter(model=str(checkpoints["bert-binary"]), threshold=0.0)
+    grader = RelevanceFilter(model=str(checkpoints["bert-binary"]), threshold=0.0)
     stages: dict[str, Any] = {
         "reranker": reranker,
         "relevance_filter": grader if with_grader else None,

@@ -74,9 +74,14 @@ def make_nodes(texts: tuple[str, ...] = TEXTS) -> list[NodeWithScore]:
     return nodes
 
 
+#: What the relevance stages read of make_nodes(): the text with its embedding metadata,
+#: as LlamaIndex's own SentenceTransformerRerank scores it.
+SCORED = tuple(n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in make_nodes())
+
+
 def split_threshold(grader_path: str) -> float:
     """A relevance threshold that the tiny grader's probabilities fall on both sides of."""
-    grades = RelevanceGrader(model=grader_path).grade(QUERY, list(TEXTS))
+    grades = RelevanceGrader(model=grader_path).grade(QUERY, list(SCORED))
     return sorted(g.probability for g in grades)[len(grades) // 2]
 
 
@@ -186,7 +191,7 @@ def test_rerank_scores_are_probabilities_in_rank_order(reranker_path: str) -> No
     """Nodes come back sorted by the role's rank, cut to top_n, scored sigmoid(logit)."""
     nodes = make_nodes()
     out = CrossEncoderRerank(model=reranker_path, top_n=2).postprocess_nodes(nodes, query_str=QUERY)
-    expected = Reranker(model=reranker_path, top_n=2).rank(QUERY, list(TEXTS))
+    expected = Reranker(model=reranker_path, top_n=2).rank(QUERY, list(SCORED))
     assert [n.node_id for n in out] == [f"node-{r.index}" for r in expected]
     for node, ranked in zip(out, expected, strict=True):
         assert node.score == pytest.approx(ranked.probability)
@@ -200,7 +205,7 @@ def test_rerank_scores_are_probabilities_in_rank_order(reranker_path: str) -> No
 
 def test_rerank_threshold_applies_before_the_cut(reranker_path: str) -> None:
     """Nodes below score_threshold are dropped first, then the list is cut to top_n."""
-    logits = Reranker(model=reranker_path).score(QUERY, list(TEXTS))
+    logits = Reranker(model=reranker_path).score(QUERY, list(SCORED))
     threshold = sorted(logits)[1]  # exactly one text is below it
     rerank = CrossEncoderRerank(model=reranker_path, top_n=2, score_threshold=threshold)
     processed = rerank.process(make_nodes(), query_str=QUERY)
@@ -218,7 +223,7 @@ def test_rerank_threshold_applies_before_the_cut(reranker_path: str) -> None:
 def test_filter_keeps_relevant_nodes_in_input_order(grader_path: str) -> None:
     """Kept nodes are those the grader calls relevant, scored by relevance probability."""
     threshold = split_threshold(grader_path)
-    grades = RelevanceGrader(model=grader_path, threshold=threshold).grade(QUERY, list(TEXTS))
+    grades = RelevanceGrader(model=grader_path, threshold=threshold).grade(QUERY, list(SCORED))
     relevant = [g for g in grades if g.relevant]
     assert 0 < len(relevant) < len(TEXTS), "premise: the threshold splits the texts"
     out = RelevanceFilter(model=grader_path, threshold=threshold).postprocess_nodes(
@@ -294,18 +299,12 @@ def test_crag_postprocessor_chains_the_stages(
 ) -> None:
     """The composite equals the pipeline's result, translated; nothing disappears."""
     crag = CragPostprocessor(
-        reranker_model=reranker_path,
-        grader_model=grader_path,
-        highlighter_model=highlighter_path,
-        top_n=3,
-        relevance_threshold=0.3,
-        evidence_threshold=trim["threshold"],
-        min_span_chars=trim["min_span_chars"],
-        merge_gap_chars=trim["merge_gap_chars"],
-        evidence_labels=trim["evidence_labels"],
+        reranker=CrossEncoderRerank(model=reranker_path, top_n=3),
+        relevance_filter=RelevanceFilter(model=grader_path, threshold=0.3),
+        trimmer=EvidenceTrimmer(model=highlighter_path, **trim),
     )
     processed = crag.process(make_nodes(), query_str=QUERY)
-    result = crag.pipeline.run(QUERY, list(TEXTS))
+    result = crag.pipeline.run(QUERY, list(TEXTS), scored_texts=list(SCORED))
     assert processed.result == result
     assert [n.node_id for n in processed.kept] == [f"node-{k.index}" for k in result.kept]
     assert [n.text for n in processed.kept] == [k.output_text for k in result.kept]
@@ -352,9 +351,9 @@ def test_query_engine_sync_and_async_source_nodes(
     engine = index.as_query_engine(
         llm=MockLLM(), similarity_top_k=len(TEXTS), node_postprocessors=[rerank, trimmer]
     )
-    expected = Reranker(model=reranker_path, top_n=3).rank(QUERY, list(TEXTS))
+    expected = Reranker(model=reranker_path, top_n=3).rank(QUERY, list(SCORED))
     highlights = EvidenceHighlighter(model=highlighter_path, **trim).highlight(
-        QUERY, [r.text for r in expected]
+        QUERY, [TEXTS[r.index] for r in expected]
     )
     for response in (engine.query(QUERY), asyncio.run(engine.aquery(QUERY))):
         sources = response.source_nodes
@@ -373,7 +372,7 @@ def test_retriever_only_flow(index: VectorStoreIndex, grader_path: str) -> None:
         retrieved, query_bundle=QueryBundle(QUERY)
     )
     grader = RelevanceGrader(model=grader_path, threshold=threshold)
-    grades = {f"node-{g.index}": g for g in grader.grade(QUERY, list(TEXTS))}
+    grades = {f"node-{g.index}": g for g in grader.grade(QUERY, list(SCORED))}
     assert {n.node_id for n in out} == {i for i, g in grades.items() if g.relevant}
     assert snapshot(retrieved) == before
     by_id = {n.node_id: n for n in retrieved}
@@ -396,10 +395,11 @@ def test_inputs_are_never_mutated(
         "filter": lambda: RelevanceFilter(model=grader_path, threshold=0.0),
         "trim": lambda: EvidenceTrimmer(model=highlighter_path, **trim),
         "crag": lambda: CragPostprocessor(
-            reranker_model=reranker_path, highlighter_model=highlighter_path
+            reranker=CrossEncoderRerank(model=reranker_path),
+            trimmer=EvidenceTrimmer(model=highlighter_path),
         ),
         "crag-action": lambda: CragPostprocessor(
-            reranker_model=reranker_path, action_upper=0.6, action_lower=0.2
+            reranker=CrossEncoderRerank(model=reranker_path), action_upper=0.6, action_lower=0.2
         ),
         "evaluator": lambda: CragEvaluatorPostprocessor(model=grader_path),
         "refiner": lambda: KnowledgeRefinerTrimmer(model=grader_path, threshold=0.0),
@@ -497,10 +497,17 @@ def test_serialisation_round_trips_reattach_the_pipeline(
         "rerank": (CrossEncoderRerank, {"model": reranker_path, "score_threshold": -5.0}),
         "filter": (RelevanceFilter, {"model": grader_path, "relevant_labels": ("relevant",)}),
         "trim": (EvidenceTrimmer, {"model": highlighter_path, **trim}),
-        "crag": (CragPostprocessor, {"grader_model": grader_path, "top_n": None}),
+        "crag": (
+            CragPostprocessor,
+            {"reranker": CrossEncoderRerank(model=reranker_path, top_n=None)},
+        ),
         "crag-action": (
             CragPostprocessor,
-            {"grader_model": grader_path, "action_upper": 0.7, "action_lower": 0.3},
+            {
+                "relevance_filter": RelevanceFilter(model=grader_path),
+                "action_upper": 0.7,
+                "action_lower": 0.3,
+            },
         ),
     }[kind]
     post = cls(**kwargs)
@@ -534,7 +541,7 @@ def test_instrumentation_events_reach_a_root_handler(
     ends = [e for e in recorder.events if isinstance(e, ReRankEndEvent)]
     assert len(starts) == len(ends) == 2
     assert starts[0].top_n == 2
-    assert starts[0].model_name == rerank.reranker.engine_config.model
+    assert starts[0].model_name == rerank.role.engine_config.model
     assert isinstance(starts[0].query, QueryBundle) and starts[0].query.query_str == QUERY
     assert [n.node_id for n in starts[0].nodes] == [n.node_id for n in nodes]
     assert [n.node_id for n in ends[0].nodes] == [n.node_id for n in out]
@@ -557,7 +564,9 @@ def test_callback_manager_sees_a_reranking_event(grader_path: str) -> None:
 
 def test_construction_loads_nothing_and_validates_through_the_role() -> None:
     """Constructing never touches the model; invalid options fail with the role's message."""
-    post = CragPostprocessor(reranker_model="org/model-that-does-not-exist", top_n=2)
+    post = CragPostprocessor(
+        reranker=CrossEncoderRerank(model="org/model-that-does-not-exist", top_n=2)
+    )
     assert post.pipeline.reranker is not None
     assert post.pipeline.reranker.top_n == 2
     with pytest.raises(ValueError, match="top_n must be >= 0"):
@@ -601,7 +610,7 @@ def evaluator_options(checkpoints: dict[str, Path], which: str, action: str) -> 
     }
     ceiling = math.inf if scale == "logit" else 1.0
     free = CragEvaluator(**options, upper=min(ceiling, 1e9), lower=-1e9 if ceiling > 1 else 0.0)
-    scores = list(free.evaluate(QUERY, list(TEXTS)).scores)
+    scores = list(free.evaluate(QUERY, list(SCORED)).scores)
     upper, lower = action_thresholds(scores, action, ceiling)
     return {**options, "upper": upper, "lower": lower}
 
@@ -613,7 +622,7 @@ def test_evaluator_writes_the_evaluators_action(
 ) -> None:
     """Each copy carries CragEvaluator's action, its own band and its score, in input order."""
     options = evaluator_options(checkpoints, which, action)
-    expected = CragEvaluator(**options).evaluate(QUERY, list(TEXTS))
+    expected = CragEvaluator(**options).evaluate(QUERY, list(SCORED))
     assert expected.action == action, "premise: the thresholds select this action"
     post = CragEvaluatorPostprocessor(**options)
     nodes = make_nodes()
@@ -629,12 +638,12 @@ def test_evaluator_writes_the_evaluators_action(
         assert node.text == source.text
 
 
-def test_evaluator_can_drop_incorrect_nodes(checkpoints: dict[str, Path]) -> None:
-    """drop_incorrect_nodes removes exactly the nodes whose own band is incorrect."""
+def test_evaluator_can_drop_incorrect(checkpoints: dict[str, Path]) -> None:
+    """drop_incorrect removes exactly the nodes whose own band is incorrect."""
     options = evaluator_options(checkpoints, "binary", "ambiguous")
-    bands = CragEvaluator(**options).evaluate(QUERY, list(TEXTS)).document_actions
+    bands = CragEvaluator(**options).evaluate(QUERY, list(SCORED)).document_actions
     assert "incorrect" in bands and set(bands) != {"incorrect"}, "premise: mixed bands"
-    post = CragEvaluatorPostprocessor(**options, drop_incorrect_nodes=True)
+    post = CragEvaluatorPostprocessor(**options, drop_incorrect=True)
     processed = post.process(make_nodes(), query_str=QUERY)
     assert processed.action == "ambiguous"
     assert [n.node_id for n in processed.kept] == [
@@ -683,14 +692,16 @@ def test_crag_postprocessor_decides_the_action(
     action: str, reranker_path: str, grader_path: str
 ) -> None:
     """The action is decide_action over the pipeline's action scores, on result and nodes."""
-    probe = CragPostprocessor(reranker_model=reranker_path, grader_model=grader_path, top_n=3)
-    scores = action_scores(probe.pipeline.run(QUERY, list(TEXTS)))
+    stages = {
+        "reranker": CrossEncoderRerank(model=reranker_path, top_n=3),
+        "relevance_filter": RelevanceFilter(model=grader_path),
+    }
+    probe = CragPostprocessor(**stages)
+    scores = action_scores(probe.pipeline.run(QUERY, list(TEXTS), scored_texts=list(SCORED)))
     upper, lower = action_thresholds(scores, action)
     crag = CragPostprocessor(
-        reranker_model=reranker_path,
-        grader_model=grader_path,
-        top_n=3,
-        relevance_threshold=sorted(scores)[1],
+        reranker=stages["reranker"],
+        relevance_filter=RelevanceFilter(model=grader_path, threshold=sorted(scores)[1]),
         action_upper=upper,
         action_lower=lower,
     )
@@ -707,23 +718,25 @@ def test_crag_postprocessor_decides_the_action(
 
 def test_crag_postprocessor_without_thresholds_decides_no_action(grader_path: str) -> None:
     """Without action thresholds, no action is decided and no crag_action key is written."""
-    processed = CragPostprocessor(grader_model=grader_path, relevance_threshold=0.0).process(
-        make_nodes(), query_str=QUERY
-    )
+    processed = CragPostprocessor(
+        relevance_filter=RelevanceFilter(model=grader_path, threshold=0.0)
+    ).process(make_nodes(), query_str=QUERY)
     assert processed.action is None
     assert processed.kept and all("crag_action" not in n.metadata for n in processed.kept)
 
 
 def test_crag_action_thresholds_are_validated(grader_path: str, highlighter_path: str) -> None:
     """Both thresholds or neither, lower <= upper, in [0, 1], and a stage that scores."""
+    grade = RelevanceFilter(model=grader_path)
+    trim = EvidenceTrimmer(model=highlighter_path)
     with pytest.raises(ValueError, match="both"):
-        CragPostprocessor(grader_model=grader_path, action_upper=0.6)
+        CragPostprocessor(relevance_filter=grade, action_upper=0.6)
     with pytest.raises(ValueError, match="must not exceed"):
-        CragPostprocessor(grader_model=grader_path, action_upper=0.2, action_lower=0.6)
+        CragPostprocessor(relevance_filter=grade, action_upper=0.2, action_lower=0.6)
     with pytest.raises(ValidationError):
-        CragPostprocessor(grader_model=grader_path, action_upper=1.5, action_lower=0.2)
+        CragPostprocessor(relevance_filter=grade, action_upper=1.5, action_lower=0.2)
     with pytest.raises(ValueError, match="CragEvaluatorPostprocessor"):
-        CragPostprocessor(highlighter_model=highlighter_path, action_upper=0.6, action_lower=0.2)
+        CragPostprocessor(trimmer=trim, action_upper=0.6, action_lower=0.2)
 
 
 def refiner_threshold(grader_path: str) -> float:
@@ -795,7 +808,7 @@ def test_crag_classes_round_trip(kind: str, grader_path: str, recorder: Recorder
     post: CragEvaluatorPostprocessor | KnowledgeRefinerTrimmer
     if kind == "evaluator":
         post = CragEvaluatorPostprocessor(
-            model=grader_path, upper=0.9, lower=0.1, drop_incorrect_nodes=True
+            model=grader_path, upper=0.9, lower=0.1, drop_incorrect=True
         )
     else:
         post = KnowledgeRefinerTrimmer(

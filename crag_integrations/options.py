@@ -1,0 +1,286 @@
+"""The adapters' options, framework-free: one pydantic model per stage, shared by both adapters.
+
+A LangChain compressor and the LlamaIndex postprocessor of the same stage inherit the same
+options class, so the same concept has the same field name, type, default and validation in
+both frameworks; only the deliberate differences of each ecosystem are declared in its
+adapter (``docs/adapters.md`` lists them). Every options class knows how to build its
+*stage*: a :class:`~crag_integrations.pipeline.RerankGradeTrimPipeline`, a
+:class:`~crag_integrations.crag.CragEvaluator` or a
+:class:`~crag_integrations.crag.KnowledgeRefiner`, all of which return a
+:class:`~crag_integrations.types.PipelineResult`. The stage is built from the fields on every
+call (it is cheap and loads nothing), so an edited copy (``model_copy(update=...)``,
+``model_validate``, unpickling, LlamaIndex's ``from_dict``) always behaves as its fields say;
+it is also built once at construction so that bad settings fail there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+from crag_integrations.config import DType, EngineConfig
+from crag_integrations.crag import (
+    DEFAULT_LOWER,
+    DEFAULT_UPPER,
+    CragEvaluator,
+    KnowledgeRefiner,
+    StripMode,
+)
+from crag_integrations.pipeline import RerankGradeTrimPipeline
+from crag_integrations.roles import EvidenceHighlighter, RelevanceGrader, Reranker
+from crag_integrations.types import NoEvidencePolicy, PipelineResult, ScoreScale
+
+__all__ = [
+    "CragOptions",
+    "EngineOptions",
+    "EvaluatorOptions",
+    "FilterOptions",
+    "RefinerOptions",
+    "RerankOptions",
+    "Stage",
+    "StageOptions",
+    "TrimOptions",
+]
+
+
+class Stage(Protocol):
+    """What an adapter runs: texts in, a :class:`PipelineResult` out (sync and async)."""
+
+    def run(self, query: str, texts: Sequence[str]) -> PipelineResult: ...
+
+    async def arun(self, query: str, texts: Sequence[str]) -> PipelineResult: ...
+
+
+def _frozen(default: Any, description: str, **constraints: Any) -> Any:
+    # Per-field frozen rather than a frozen model: LlamaIndex query engines assign the
+    # callback manager of a postprocessor, and that one field must stay writable.
+    return Field(default=default, frozen=True, description=description, **constraints)
+
+
+class StageOptions(BaseModel):
+    """Base of every options class: strict, frozen fields, validated by building the stage."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    def stage(self) -> Stage:
+        """The model-free stage these options describe (built anew: never stale)."""
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _stage_is_valid(self) -> Any:
+        self.stage()
+        return self
+
+
+_ENGINE_DEFAULTS: dict[str, Any] = {
+    "revision": None,
+    "device": "auto",
+    "dtype": "auto",
+    "max_length": None,
+    "token_budget": None,
+    "trust_remote_code": False,
+    "local_files_only": None,
+    "cache_dir": None,
+}
+
+
+class EngineOptions(StageOptions):
+    """The model of a one-model stage and the engine options users know from
+    ``HuggingFaceCrossEncoder`` / ``SentenceTransformerRerank`` (``model_name``, ``device``).
+
+    ``model`` may also be an :class:`EngineConfig`; the engine options must then be left
+    at their defaults (set them on the ``EngineConfig``).
+    """
+
+    model: str | EngineConfig = Field(
+        frozen=True,
+        validation_alias=AliasChoices("model", "model_name"),
+        description="Hub id, local checkpoint directory, or an EngineConfig "
+        "(model_name= is accepted too).",
+    )
+    revision: str | None = _frozen(None, "Hub revision (branch, tag or commit).")
+    device: str = _frozen("auto", "'auto' (CUDA, then MPS, then CPU) or a torch device.")
+    dtype: DType = _frozen("auto", "'auto', 'float32', 'float16' or 'bfloat16'.")
+    max_length: int | None = _frozen(
+        None, "Tokens per window (None: the model's limit); longer texts are windowed."
+    )
+    token_budget: int | None = _frozen(None, "Max padded tokens per forward pass.")
+    trust_remote_code: bool = _frozen(False, "Allow custom modelling code from checkpoints.")
+    local_files_only: bool | None = _frozen(
+        None, "Never reach the network (None: follow HF_HUB_OFFLINE)."
+    )
+    cache_dir: str | None = _frozen(None, "Hugging Face cache directory.")
+
+    def engine_config(self) -> EngineConfig:
+        """The :class:`EngineConfig` of this stage's model."""
+        options = {name: getattr(self, name) for name in _ENGINE_DEFAULTS}
+        if isinstance(self.model, EngineConfig):
+            changed = sorted(k for k, v in options.items() if v != _ENGINE_DEFAULTS[k])
+            if changed:
+                raise ValueError(
+                    f"model is an EngineConfig, so set {', '.join(changed)} on it rather than "
+                    "here (or pass the model as a hub id or path)"
+                )
+            return self.model
+        return EngineConfig(model=self.model, **options)
+
+
+class RerankOptions(EngineOptions):
+    """Sort by a one-logit cross-encoder, drop below ``score_threshold``, cut to ``top_n``."""
+
+    top_n: int | None = _frozen(3, "Keep at most this many (None: all).")
+    score_threshold: float | None = _frozen(
+        None, "Minimum raw logit (logit 0 is probability 0.5), applied before top_n."
+    )
+
+    @property
+    def role(self) -> Reranker:
+        """The :class:`Reranker` these options describe."""
+        return Reranker(
+            model=self.engine_config(), top_n=self.top_n, score_threshold=self.score_threshold
+        )
+
+    def stage(self) -> RerankGradeTrimPipeline:
+        return RerankGradeTrimPipeline(reranker=self.role)
+
+
+class FilterOptions(EngineOptions):
+    """Drop what a relevance grader grades not relevant."""
+
+    threshold: float = _frozen(0.5, "Minimum relevance probability to keep, in [0, 1].")
+    relevant_labels: tuple[str, ...] | None = _frozen(
+        None, "Label names that mean relevant (None: the grader's rules)."
+    )
+
+    @property
+    def role(self) -> RelevanceGrader:
+        """The :class:`RelevanceGrader` these options describe."""
+        return RelevanceGrader(
+            model=self.engine_config(),
+            threshold=self.threshold,
+            relevant_labels=self.relevant_labels,
+        )
+
+    def stage(self) -> RerankGradeTrimPipeline:
+        return RerankGradeTrimPipeline(grader=self.role)
+
+
+class TrimOptions(EngineOptions):
+    """Replace each text by its evidence spans (a token classifier)."""
+
+    threshold: float = _frozen(0.2, "Token evidence probability cut-off, in [0, 1].")
+    doc_stride: int = _frozen(256, "Tokens of overlap between windows of long texts.", ge=0)
+    min_span_chars: int = _frozen(10, "Drop spans shorter than this.", ge=0)
+    merge_gap_chars: int = _frozen(20, "Merge spans at most this many characters apart.", ge=0)
+    separator: str = _frozen(" ... ", "Joins the spans into the new text.")
+    evidence_labels: tuple[str, ...] | None = _frozen(
+        None, "Token labels that mark evidence (None: all but 'outside')."
+    )
+    on_no_evidence: NoEvidencePolicy = _frozen(
+        "keep", "'keep' a text without evidence whole, or 'drop' it."
+    )
+
+    @property
+    def role(self) -> EvidenceHighlighter:
+        """The :class:`EvidenceHighlighter` these options describe."""
+        return EvidenceHighlighter(
+            model=self.engine_config(),
+            threshold=self.threshold,
+            doc_stride=self.doc_stride,
+            min_span_chars=self.min_span_chars,
+            merge_gap_chars=self.merge_gap_chars,
+            separator=self.separator,
+            evidence_labels=self.evidence_labels,
+        )
+
+    def stage(self) -> RerankGradeTrimPipeline:
+        return RerankGradeTrimPipeline(highlighter=self.role, on_no_evidence=self.on_no_evidence)
+
+
+class CragOptions(StageOptions):
+    """Rerank, then filter, then trim, in one pass; optionally decide the CRAG action.
+
+    Each stage is configured by the single-stage class of the same adapter (at least one is
+    required). The trimmer's ``on_no_evidence`` applies.
+    """
+
+    reranker: RerankOptions | None = _frozen(None, "The rerank stage, or None.")
+    relevance_filter: FilterOptions | None = _frozen(None, "The filter stage, or None.")
+    trimmer: TrimOptions | None = _frozen(None, "The trim stage, or None.")
+    action_upper: float | None = _frozen(
+        None, "CRAG 'correct' threshold on relevance probability (None: no action).", ge=0, le=1
+    )
+    action_lower: float | None = _frozen(
+        None, "CRAG 'incorrect' threshold on relevance probability (None: no action).", ge=0, le=1
+    )
+
+    def stage(self) -> RerankGradeTrimPipeline:
+        if self.reranker is None and self.relevance_filter is None and self.trimmer is None:
+            raise ValueError(
+                f"{type(self).__name__} needs at least one of reranker, relevance_filter or "
+                "trimmer; with none it would return its input unchanged"
+            )
+        return RerankGradeTrimPipeline(
+            reranker=self.reranker.role if self.reranker is not None else None,
+            grader=self.relevance_filter.role if self.relevance_filter is not None else None,
+            highlighter=self.trimmer.role if self.trimmer is not None else None,
+            on_no_evidence=self.trimmer.on_no_evidence if self.trimmer is not None else "keep",
+            action_upper=self.action_upper,
+            action_lower=self.action_lower,
+        )
+
+
+class EvaluatorOptions(EngineOptions):
+    """Score every text with the CRAG evaluator and decide the query's action."""
+
+    upper: float = _frozen(DEFAULT_UPPER, "Score at or above which one text makes 'correct'.")
+    lower: float = _frozen(DEFAULT_LOWER, "Score below which every text must fall: 'incorrect'.")
+    scale: ScoreScale = _frozen("probability", "'probability' (any head) or 'logit'.")
+    relevant_labels: tuple[str, ...] | None = _frozen(
+        None, "For multi-class graders, the label names that mean relevant."
+    )
+    drop_incorrect: bool = _frozen(False, "Drop the texts whose own band is 'incorrect'.")
+
+    def stage(self) -> CragEvaluator:
+        return CragEvaluator(
+            model=self.engine_config(),
+            upper=self.upper,
+            lower=self.lower,
+            scale=self.scale,
+            relevant_labels=self.relevant_labels,
+            drop_incorrect=self.drop_incorrect,
+        )
+
+
+class RefinerOptions(EngineOptions):
+    """CRAG knowledge refinement: keep each text's relevant strips."""
+
+    mode: StripMode = _frozen("sentences", "'sentences', 'sentence_groups' or 'words'.")
+    group_size: int = _frozen(3, "Sentences per strip for 'sentence_groups'.", ge=1)
+    window_words: int = _frozen(50, "Words per strip for 'words'.", ge=1)
+    threshold: float | None = _frozen(0.5, "Minimum strip score on `scale` (None: off).")
+    top_k: int | None = _frozen(None, "Strips kept over all texts (None: no cap).", ge=0)
+    separator: str = _frozen(" ", "Joins a text's kept strips.")
+    scale: ScoreScale = _frozen("probability", "'probability' (any head) or 'logit'.")
+    relevant_labels: tuple[str, ...] | None = _frozen(
+        None, "For multi-class graders, the label names that mean relevant."
+    )
+    on_no_evidence: NoEvidencePolicy = _frozen(
+        "keep", "'keep' a text with no kept strip whole, or 'drop' it."
+    )
+
+    def stage(self) -> KnowledgeRefiner:
+        return KnowledgeRefiner(
+            model=self.engine_config(),
+            mode=self.mode,
+            group_size=self.group_size,
+            window_words=self.window_words,
+            threshold=self.threshold,
+            top_k=self.top_k,
+            separator=self.separator,
+            scale=self.scale,
+            relevant_labels=self.relevant_labels,
+            on_no_evidence=self.on_no_evidence,
+        )
