@@ -142,6 +142,11 @@ class RerankOptions(EngineOptions):
             model=self.engine_config(), top_n=self.top_n, score_threshold=self.score_threshold
         )
 
+    @property
+    def pipeline(self) -> RerankGradeTrimPipeline:
+        """The :class:`RerankGradeTrimPipeline` these options run (built now; loads nothing)."""
+        return self.stage()
+
     def stage(self) -> RerankGradeTrimPipeline:
         return RerankGradeTrimPipeline(reranker=self.role)
 
@@ -162,6 +167,11 @@ class FilterOptions(EngineOptions):
             threshold=self.threshold,
             relevant_labels=self.relevant_labels,
         )
+
+    @property
+    def pipeline(self) -> RerankGradeTrimPipeline:
+        """The :class:`RerankGradeTrimPipeline` these options run (built now; loads nothing)."""
+        return self.stage()
 
     def stage(self) -> RerankGradeTrimPipeline:
         return RerankGradeTrimPipeline(grader=self.role)
@@ -195,6 +205,11 @@ class TrimOptions(EngineOptions):
             evidence_labels=self.evidence_labels,
         )
 
+    @property
+    def pipeline(self) -> RerankGradeTrimPipeline:
+        """The :class:`RerankGradeTrimPipeline` these options run (built now; loads nothing)."""
+        return self.stage()
+
     def stage(self) -> RerankGradeTrimPipeline:
         return RerankGradeTrimPipeline(highlighter=self.role, on_no_evidence=self.on_no_evidence)
 
@@ -215,6 +230,11 @@ class CragOptions(StageOptions):
     action_lower: float | None = _frozen(
         None, "CRAG 'incorrect' threshold on relevance probability (None: no action).", ge=0, le=1
     )
+
+    @property
+    def pipeline(self) -> RerankGradeTrimPipeline:
+        """The :class:`RerankGradeTrimPipeline` these options run (built now; loads nothing)."""
+        return self.stage()
 
     def stage(self) -> RerankGradeTrimPipeline:
         if self.reranker is None and self.relevance_filter is None and self.trimmer is None:
@@ -243,6 +263,11 @@ class EvaluatorOptions(EngineOptions):
     )
     drop_incorrect: bool = _frozen(False, "Drop the texts whose own band is 'incorrect'.")
 
+    @property
+    def evaluator(self) -> CragEvaluator:
+        """The :class:`CragEvaluator` these options run (built now; loads nothing)."""
+        return self.stage()
+
     def stage(self) -> CragEvaluator:
         return CragEvaluator(
             model=self.engine_config(),
@@ -270,6 +295,11 @@ class RefinerOptions(EngineOptions):
     on_no_evidence: NoEvidencePolicy = _frozen(
         "keep", "'keep' a text with no kept strip whole, or 'drop' it."
     )
+
+    @property
+    def refiner(self) -> KnowledgeRefiner:
+        """The :class:`KnowledgeRefiner` these options run (built now; loads nothing)."""
+        return self.stage()
 
     def stage(self) -> KnowledgeRefiner:
         return KnowledgeRefiner(

@@ -838,3 +838,25 @@ def test_refiner_trimmer_top_k_counts_across_documents(checkpoints: dict[str, Pa
         for strip in doc.metadata["crag_strips"]:
             assert original[strip["start"] : strip["end"]] == strip["text"]
             assert len(strip["text"].split()) <= 4
+
+
+def test_edited_copies_behave_as_their_fields_say(checkpoints: dict[str, Path]) -> None:
+    """model_copy(update=...), model_validate and pickling give compressors that do what
+    their fields say (nothing derived from the old fields can go stale)."""
+    import pickle
+
+    path = str(checkpoints["bert-rerank"])
+    documents = _documents()
+    three = CrossEncoderRerank(model=path, top_n=3)
+    six = three.model_copy(update={"top_n": 6})
+    assert six.top_n == 6
+    assert len(three.compress_documents(documents, QUERY)) == 3
+    assert len(six.compress_documents(documents, QUERY)) == 6
+    five = CrossEncoderRerank.model_validate({**three.model_dump(), "top_n": 5})
+    assert len(five.compress_documents(documents, QUERY)) == 5
+    unpickled = pickle.loads(pickle.dumps(six))
+    assert unpickled.compress_documents(documents, QUERY) == six.compress_documents(
+        documents, QUERY
+    )
+    crag = CragCompressor(reranker=three).model_copy(update={"reranker": six})
+    assert len(crag.compress_documents(documents, QUERY)) == 6

@@ -857,3 +857,41 @@ def test_query_engine_branches_on_the_action(index: VectorStoreIndex, grader_pat
             assert node.text == " ".join(s["text"] for s in node.metadata["crag_strips"])
             prompt = node.node.get_content(metadata_mode=MetadataMode.LLM)
             assert "crag_" not in prompt and "file_name" in prompt
+
+
+def test_llama_index_public_api_is_pinned() -> None:
+    """The adapter module's __all__ is exactly this list (changing it is deliberate)."""
+    import crag_integrations.llama_index as li
+
+    assert sorted(li.__all__) == [
+        "CragEvaluatedNodes",
+        "CragEvaluatorPostprocessor",
+        "CragNodes",
+        "CragPostprocessor",
+        "CrossEncoderRerank",
+        "DroppedNode",
+        "EvidenceTrimmer",
+        "KnowledgeRefinerTrimmer",
+        "METADATA_KEYS",
+        "NodeDropReason",
+        "RefinedNodes",
+        "RelevanceFilter",
+    ]
+    for name in li.__all__:
+        assert hasattr(li, name), name
+
+
+def test_edited_copies_behave_as_their_fields_say(reranker_path: str) -> None:
+    """model_copy(update=...), model_validate and from_dict give postprocessors that do what
+    their fields say (nothing derived from the old fields can go stale)."""
+    two = CrossEncoderRerank(model=reranker_path)
+    assert two.top_n == 2  # SentenceTransformerRerank's default
+    four = two.model_copy(update={"top_n": 4})
+    assert four.top_n == 4
+    assert len(two.postprocess_nodes(make_nodes(), query_str=QUERY)) == 2
+    assert len(four.postprocess_nodes(make_nodes(), query_str=QUERY)) == 4
+    three = CrossEncoderRerank.model_validate({**two.model_dump(), "top_n": 3})
+    assert len(three.postprocess_nodes(make_nodes(), query_str=QUERY)) == 3
+    assert CrossEncoderRerank.from_dict(four.to_dict()).top_n == 4
+    crag = CragPostprocessor(reranker=two).model_copy(update={"reranker": four})
+    assert len(crag.postprocess_nodes(make_nodes(), query_str=QUERY)) == 4

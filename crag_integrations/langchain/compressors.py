@@ -16,7 +16,6 @@ from langchain_core.runnables.config import ensure_config
 from pydantic import ConfigDict
 
 from crag_integrations.config import EngineConfig
-from crag_integrations.crag import CragEvaluator, KnowledgeRefiner
 from crag_integrations.inputs import check_items
 from crag_integrations.metadata import relevance_score, stage_metadata
 from crag_integrations.options import (
@@ -28,7 +27,7 @@ from crag_integrations.options import (
     Stage,
     TrimOptions,
 )
-from crag_integrations.pipeline import RerankGradeTrimPipeline, action_scores
+from crag_integrations.pipeline import action_scores
 from crag_integrations.roles import RelevanceGrader
 from crag_integrations.types import CragAction, CragEvaluation, PipelineResult
 
@@ -197,11 +196,6 @@ class CrossEncoderRerank(RerankOptions, _Compressor):
         [0.998, 0.41]
     """
 
-    @property
-    def pipeline(self) -> RerankGradeTrimPipeline:
-        """The :class:`RerankGradeTrimPipeline` this compressor runs (no model loaded)."""
-        return self.stage()
-
 
 class RelevanceFilter(FilterOptions, _Compressor):
     """Drop documents a relevance grader (a :class:`RelevanceGrader`) grades not relevant.
@@ -219,11 +213,6 @@ class RelevanceFilter(FilterOptions, _Compressor):
         ['relevant']
     """
 
-    @property
-    def pipeline(self) -> RerankGradeTrimPipeline:
-        """The :class:`RerankGradeTrimPipeline` this compressor runs (no model loaded)."""
-        return self.stage()
-
 
 class EvidenceTrimmer(TrimOptions, _Compressor):
     """Replace each document's content by its evidence (an :class:`EvidenceHighlighter`).
@@ -240,11 +229,6 @@ class EvidenceTrimmer(TrimOptions, _Compressor):
         >>> docs[0].page_content  # doctest: +SKIP
         'ModernBERT is a long-context encoder for NLP.'
     """
-
-    @property
-    def pipeline(self) -> RerankGradeTrimPipeline:
-        """The :class:`RerankGradeTrimPipeline` this compressor runs (no model loaded)."""
-        return self.stage()
 
 
 class CragCompressor(CragOptions, _Compressor):
@@ -279,11 +263,6 @@ class CragCompressor(CragOptions, _Compressor):
     reranker: CrossEncoderRerank | None = None
     relevance_filter: RelevanceFilter | None = None
     trimmer: EvidenceTrimmer | None = None
-
-    @property
-    def pipeline(self) -> RerankGradeTrimPipeline:
-        """The :class:`RerankGradeTrimPipeline` this compressor runs (no model loaded)."""
-        return self.stage()
 
     def evaluate_action(
         self, query: str, documents: Sequence[Document], callbacks: Callbacks | None = None
@@ -345,11 +324,6 @@ class CragEvaluatorCompressor(EvaluatorOptions, _Compressor):
         ['correct', 'incorrect', 'ambiguous']
     """
 
-    @property
-    def evaluator(self) -> CragEvaluator:
-        """The :class:`~crag_integrations.crag.CragEvaluator` behind this compressor."""
-        return self.stage()
-
     def evaluate(self, query: str, documents: Sequence[Document]) -> CragEvaluation:
         """The CRAG verdict for ``documents`` (scores, bands and action); no documents:
         ``"incorrect"``, nothing scored. Dispatches no event."""
@@ -383,11 +357,6 @@ class KnowledgeRefinerTrimmer(RefinerOptions, _Compressor):
         >>> docs[0].page_content, docs[0].metadata["crag_strips"][0]["start"]  # doctest: +SKIP
         ('Rain falls when droplets grow heavy.', 41)
     """
-
-    @property
-    def refiner(self) -> KnowledgeRefiner:
-        """The :class:`~crag_integrations.crag.KnowledgeRefiner` behind this trimmer."""
-        return self.stage()
 
 
 @dataclass(frozen=True, kw_only=True)

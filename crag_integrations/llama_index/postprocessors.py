@@ -14,7 +14,6 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
-from crag_integrations.crag import CragEvaluator, KnowledgeRefiner
 from crag_integrations.inputs import check_items, check_query
 from crag_integrations.metadata import METADATA_SCHEMA, relevance_score, stage_metadata
 from crag_integrations.options import (
@@ -27,7 +26,6 @@ from crag_integrations.options import (
     Stage,
     TrimOptions,
 )
-from crag_integrations.pipeline import RerankGradeTrimPipeline
 from crag_integrations.types import (
     CragAction,
     CragEvaluation,
@@ -224,8 +222,9 @@ class _Postprocessor(BaseNodePostprocessor):
         return data
 
     def _texts(self, nodes: Sequence[NodeWithScore]) -> list[str]:
-        """What the stage reads: the node's own text, so span offsets point into it."""
-        return _content(nodes, MetadataMode.NONE)
+        """What the stage reads: as its ``metadata_mode`` says for the relevance stages, the
+        node's own text for the span stages (so span offsets point into it)."""
+        return _content(nodes, getattr(self, "metadata_mode", MetadataMode.NONE))
 
     def _run(self, query: str, nodes: Sequence[NodeWithScore]) -> PipelineResult:
         return self.stage().run(query, self._texts(nodes))
@@ -342,14 +341,6 @@ class CrossEncoderRerank(RerankOptions, _Postprocessor):
         """The serialisation name."""
         return "CragCrossEncoderRerank"
 
-    @property
-    def pipeline(self) -> RerankGradeTrimPipeline:
-        """The live :class:`RerankGradeTrimPipeline` that makes every decision."""
-        return self.stage()
-
-    def _texts(self, nodes: Sequence[NodeWithScore]) -> list[str]:
-        return _content(nodes, self.metadata_mode)
-
     def _event_top_n(self, nodes: Sequence[NodeWithScore]) -> int:
         return len(nodes) if self.top_n is None else self.top_n
 
@@ -374,14 +365,6 @@ class RelevanceFilter(FilterOptions, _Postprocessor):
         """The serialisation name."""
         return "CragRelevanceFilter"
 
-    @property
-    def pipeline(self) -> RerankGradeTrimPipeline:
-        """The live :class:`RerankGradeTrimPipeline` that makes every decision."""
-        return self.stage()
-
-    def _texts(self, nodes: Sequence[NodeWithScore]) -> list[str]:
-        return _content(nodes, self.metadata_mode)
-
 
 class EvidenceTrimmer(TrimOptions, _Postprocessor):
     """Replace each node's text by its evidence spans (an :class:`EvidenceHighlighter`).
@@ -405,11 +388,6 @@ class EvidenceTrimmer(TrimOptions, _Postprocessor):
     def class_name(cls) -> str:
         """The serialisation name."""
         return "CragEvidenceTrimmer"
-
-    @property
-    def pipeline(self) -> RerankGradeTrimPipeline:
-        """The live :class:`RerankGradeTrimPipeline` that makes every decision."""
-        return self.stage()
 
 
 class CragPostprocessor(CragOptions, _Postprocessor):
@@ -455,11 +433,6 @@ class CragPostprocessor(CragOptions, _Postprocessor):
     def class_name(cls) -> str:
         """The serialisation name."""
         return "CragPostprocessor"
-
-    @property
-    def pipeline(self) -> RerankGradeTrimPipeline:
-        """The live :class:`RerankGradeTrimPipeline` that makes every decision."""
-        return self.stage()
 
     @property
     def _scored_mode(self) -> MetadataMode:
@@ -522,14 +495,6 @@ class CragEvaluatorPostprocessor(EvaluatorOptions, _Postprocessor):
         """The serialisation name."""
         return "CragEvaluatorPostprocessor"
 
-    @property
-    def evaluator(self) -> CragEvaluator:
-        """The live :class:`~crag_integrations.crag.CragEvaluator` that decides the action."""
-        return self.stage()
-
-    def _texts(self, nodes: Sequence[NodeWithScore]) -> list[str]:
-        return _content(nodes, self.metadata_mode)
-
     def evaluate(
         self,
         nodes: Sequence[NodeWithScore],
@@ -584,8 +549,3 @@ class KnowledgeRefinerTrimmer(RefinerOptions, _Postprocessor):
     def class_name(cls) -> str:
         """The serialisation name."""
         return "CragKnowledgeRefinerTrimmer"
-
-    @property
-    def refiner(self) -> KnowledgeRefiner:
-        """The live :class:`~crag_integrations.crag.KnowledgeRefiner` that picks strips."""
-        return self.stage()
