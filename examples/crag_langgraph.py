@@ -7,18 +7,21 @@ The graph (after Yan et al., 2024, and the LangGraph CRAG tutorial)::
                        \\-incorrect-------------> rewrite -> web_search -> generate
 
 Unlike the tutorial, which asks the LLM to grade each retrieved document in its own call,
-``grade`` scores *all* documents with one :class:`~crag_integrations.crag.CragEvaluator`
-call (one batched forward pass through a cross-encoder), and ``refine`` keeps only the
-relevant strips of the documents with one :class:`~crag_integrations.crag.KnowledgeRefiner`
-call. Web results are refined the same way, as in the paper.
+``grade`` scores *all* documents with one
+:class:`~crag_integrations.langchain.CragEvaluatorCompressor` call (one batched forward pass
+through a cross-encoder), which writes the documented metadata into copies of the
+documents; ``refine`` keeps only the relevant strips of the documents with one
+:class:`~crag_integrations.crag.KnowledgeRefiner` call. Web results are refined the same
+way, as in the paper.
 
 Every part is injected, so the same graph runs with a real LLM, retriever and search tool
-(see docs/crag.md) or offline in tests with fakes::
+(see docs/crag.md) or offline in tests with fakes, with the same flags as
+``examples/crag_llama_index_workflow.py``::
 
     python examples/crag_langgraph.py --demo
     python examples/crag_langgraph.py --evaluator-model PATH_OR_HUB_ID --question "..."
 
-``--demo`` builds tiny *randomly initialised* checkpoints: its scores, actions and answers
+``--demo`` builds a tiny *randomly initialised* checkpoint: its scores, actions and answers
 are MEANINGLESS and only show the plumbing. Needs ``pip install "crag-integrations[langgraph]"``.
 """
 
@@ -31,14 +34,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
+from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langgraph.graph import END, START, StateGraph
 
-from crag_integrations.crag import CragAction, CragEvaluator, KnowledgeRefiner
+from crag_integrations.crag import DEFAULT_LOWER, DEFAULT_UPPER, CragAction, KnowledgeRefiner
+from crag_integrations.langchain import CragEvaluatorCompressor
 
 __all__ = ["CragState", "build_crag_graph", "search_results_to_texts"]
 
@@ -57,12 +63,15 @@ class CragState(TypedDict, total=False):
 
     Attributes:
         question: The user's question (input).
-        documents: Retrieved documents, copied with ``relevance_score``, ``crag_action``
-            (the query's action) and ``crag_document_action`` (the document's own band) in
-            their metadata, the keys the LangChain adapter writes.
+        documents: The evaluator's copies of the retrieved documents, with the LangChain
+            adapter's documented metadata (see docs/metadata.md), such as
+            ``relevance_score``, ``crag_action`` (the query's action) and
+            ``crag_document_action`` (the document's own band).
         action: The query's CRAG action: ``correct``, ``ambiguous`` or ``incorrect``.
-        scores: Each retrieved document's relevance score, in retrieval order.
+        scores: Each graded document's relevance score, in retrieval order.
         refined_context: Relevant strips of the retrieved documents (correct/ambiguous).
+            When a ``correct`` action's refinement keeps no strip, the documents graded
+            ``correct``, whole (never an empty context for a correct retrieval).
         web_query: The LLM's rewrite of the question (ambiguous/incorrect).
         web_context: Relevant strips of the web results (ambiguous/incorrect).
         generation: The final answer.
@@ -119,7 +128,7 @@ def build_crag_graph(
     retriever: Runnable[str, list[Document]],
     chat_model: BaseChatModel,
     web_search: BaseTool,
-    evaluator: CragEvaluator,
+    evaluator: CragEvaluatorCompressor,
     refiner: KnowledgeRefiner,
 ) -> Any:
     """Build and compile the corrective-RAG graph from injectable parts.
@@ -148,37 +157,27 @@ def build_crag_graph(
         return {"documents": documents, "steps": ["retrieve"]}
 
     def grade(state: CragState) -> CragState:
-        documents = state.get("documents", [])
-        evaluation = evaluator.evaluate(state["question"], [d.page_content for d in documents])
-        graded = [
-            doc.model_copy(
-                update={
-                    "metadata": {
-                        **doc.metadata,
-                        "relevance_score": s,
-                        "crag_action": evaluation.action,
-                        "crag_document_action": band,
-                    }
-                }
-            )
-            for doc, band, s in zip(
-                documents, evaluation.document_actions, evaluation.scores, strict=True
-            )
-        ]
+        graded = list(evaluator.compress_documents(state.get("documents", []), state["question"]))
+        # The query's action is on every graded document; none left means "incorrect".
+        action: CragAction = graded[0].metadata["crag_action"] if graded else "incorrect"
         return {
             "documents": graded,
-            "action": evaluation.action,
-            "scores": list(evaluation.scores),
+            "action": action,
+            "scores": [d.metadata["relevance_score"] for d in graded],
             "steps": ["grade"],
         }
 
     def refine(state: CragState) -> CragState:
-        texts = [d.page_content for d in state.get("documents", [])]
-        refined = refiner.refine(state["question"], texts)
-        return {
-            "refined_context": [d.refined_text for d in refined if d.refined_text],
-            "steps": ["refine"],
-        }
+        documents = state.get("documents", [])
+        refined = refiner.refine(state["question"], [d.page_content for d in documents])
+        context = [d.refined_text for d in refined if d.strips]
+        if not context and state["action"] == "correct":
+            # The evaluator found a correct document but no strip passed the refiner: answer
+            # from the documents graded correct, whole, rather than from no context at all.
+            context = [
+                d.page_content for d in documents if d.metadata["crag_document_action"] == "correct"
+            ]
+        return {"refined_context": context, "steps": ["refine"]}
 
     def rewrite(state: CragState) -> CragState:
         reply = chat_model.invoke(REWRITE_PROMPT.format(question=state["question"]))
@@ -189,7 +188,7 @@ def build_crag_graph(
         texts = search_results_to_texts(web_search.invoke({"query": state["web_query"]}))
         refined = refiner.refine(state["question"], texts)
         return {
-            "web_context": [d.refined_text for d in refined if d.refined_text],
+            "web_context": [d.refined_text for d in refined if d.strips],
             "steps": ["web_search"],
         }
 
@@ -224,7 +223,7 @@ def build_crag_graph(
 
 
 # --------------------------------------------------------------------------------------
-# Command line: --demo (tiny random models, fake LLM, stub search) or a real evaluator
+# Command line: the same flags, defaults, parts and output as crag_llama_index_workflow.py
 
 CORPUS = [
     "Rain forms when water vapor in the atmosphere condenses into droplets. "
@@ -238,19 +237,72 @@ WEB_RESULTS = {
         {"url": "https://example.org/clouds", "content": "Clouds are droplets. They drift."},
     ]
 }
+#: The offline stand-in LLM's two canned replies: one to the rewrite prompt, one to the rest.
+DEMO_REWRITE = "why does it rain"
+DEMO_ANSWER = "(canned answer of the offline stand-in LLM)"
+#: Strips the refiner keeps across all documents. No strip threshold: an uncalibrated one
+#: (and any one on the demo's random model) can keep nothing.
+DEFAULT_TOP_K = 2
 
 
-def demo_parts(
-    model_dir: Path, *, upper: float, lower: float
-) -> tuple[Runnable[str, list[Document]], BaseChatModel, BaseTool, CragEvaluator, KnowledgeRefiner]:
-    """Offline parts: a tiny random reranker, a fake chat model, a stub search tool."""
-    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+class CannedChatModel(BaseChatModel):
+    """Offline stand-in LLM: ``rewrite`` for the rewrite prompt, ``answer`` for anything else.
+
+    Keyed on the prompt, not on the call order, so the answer is the answer whichever
+    branch the graph takes (a correct retrieval never asks for a rewrite).
+    """
+
+    rewrite: str
+    answer: str
+
+    @property
+    def _llm_type(self) -> str:
+        return "crag-cookbook-canned"
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        asks_rewrite = _message_text(messages[-1]).startswith(REWRITE_PROMPT.split("{")[0])
+        reply = AIMessage(content=self.rewrite if asks_rewrite else self.answer)
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, flag for flag the same as the LlamaIndex Workflow cookbook's."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--demo", action="store_true", help="tiny random model (meaningless)")
+    model.add_argument(
+        "--evaluator-model", help="reranker/grader path or hub id; grades and refines"
+    )
+    parser.add_argument("--question", default="What causes rain?")
+    parser.add_argument(
+        "--upper", type=float, default=DEFAULT_UPPER, help="score for 'correct' (%(default)s)"
+    )
+    parser.add_argument(
+        "--lower", type=float, default=DEFAULT_LOWER, help="score for 'incorrect' (%(default)s)"
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=DEFAULT_TOP_K,
+        help="strips the refiner keeps across all documents (%(default)s)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the agent once and print what each step decided."""
     from langchain_core.runnables import RunnableLambda
     from langchain_core.tools import tool
 
     from crag_integrations.testing import save_tiny_checkpoint
 
-    model = str(save_tiny_checkpoint(model_dir / "tiny-rerank", num_labels=1, seed=0))
+    args = build_parser().parse_args(argv)
 
     @tool
     def stub_web_search(query: str) -> dict[str, Any]:
@@ -260,50 +312,19 @@ def demo_parts(
     def retrieve(question: str) -> list[Document]:
         return [Document(page_content=t, metadata={"id": i}) for i, t in enumerate(CORPUS)]
 
-    retriever: Runnable[str, list[Document]] = RunnableLambda(retrieve)
-    llm = FakeListChatModel(responses=["why does it rain", "(fake LLM answer)"])
-    return (
-        retriever,
-        llm,
-        stub_web_search,
-        CragEvaluator(model=model, upper=upper, lower=lower),
-        KnowledgeRefiner(model=model, threshold=None, top_k=2),
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run the agent once and print what each step decided."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--demo", action="store_true", help="tiny random models (meaningless)")
-    parser.add_argument("--evaluator-model", help="reranker/grader path or hub id")
-    parser.add_argument("--question", default="What causes rain?")
-    parser.add_argument("--upper", type=float, default=None)
-    parser.add_argument("--lower", type=float, default=None)
-    args = parser.parse_args(argv)
-    if not args.demo and not args.evaluator_model:
-        parser.error("pass --demo, or --evaluator-model with a real reranker or grader")
     with tempfile.TemporaryDirectory() as tmp:
-        retriever, llm, search, evaluator, refiner = demo_parts(
-            Path(tmp),
-            upper=0.6 if args.upper is None else args.upper,
-            lower=0.2 if args.lower is None else args.lower,
-        )
         if args.demo:
-            print("DEMO: tiny RANDOM models, a fake LLM and stub search; results are MEANINGLESS.")
+            print("DEMO: a tiny RANDOM model, a canned LLM and stub search; MEANINGLESS results.")
+            model = str(save_tiny_checkpoint(Path(tmp) / "tiny-rerank", num_labels=1, seed=0))
         else:
-            evaluator = CragEvaluator(
-                model=args.evaluator_model,
-                upper=evaluator.upper if args.upper is None else args.upper,
-                lower=evaluator.lower if args.lower is None else args.lower,
-            )
-            refiner = KnowledgeRefiner(model=args.evaluator_model, threshold=0.5)
             print("Real evaluator; the LLM and web search are still offline stand-ins.")
+            model = args.evaluator_model
         graph = build_crag_graph(
-            retriever=retriever,
-            chat_model=llm,
-            web_search=search,
-            evaluator=evaluator,
-            refiner=refiner,
+            retriever=RunnableLambda(retrieve),
+            chat_model=CannedChatModel(rewrite=DEMO_REWRITE, answer=DEMO_ANSWER),
+            web_search=stub_web_search,
+            evaluator=CragEvaluatorCompressor(model=model, upper=args.upper, lower=args.lower),
+            refiner=KnowledgeRefiner(model=model, threshold=None, top_k=args.top_k),
         )
         state = graph.invoke({"question": args.question})
     print(f"steps:   {' -> '.join(state['steps'])}")

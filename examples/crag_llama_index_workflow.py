@@ -7,15 +7,19 @@ The same agent as ``examples/crag_langgraph.py``, as event-driven async steps::
     grade --incorrect--> RewriteEvent -> rewrite -> WebSearchEvent -> web_search
     web_search -> GenerateEvent -> generate -> StopEvent
 
-``grade`` scores every retrieved node with one :class:`~crag_integrations.crag.CragEvaluator`
-call; ``refine`` and ``web_search`` keep relevant strips with one
+``grade`` scores every retrieved node with one
+:class:`~crag_integrations.llama_index.CragEvaluatorPostprocessor` call (one batched
+cross-encoder pass), which writes the documented ``crag_*`` metadata into copies of the
+nodes; ``refine`` and ``web_search`` keep relevant strips with one
 :class:`~crag_integrations.crag.KnowledgeRefiner` call each. Parts are injected, so the
-workflow runs with a real LLM, retriever and search (see docs/crag.md) or offline::
+workflow runs with a real LLM, retriever and search (see docs/crag.md) or offline, with the
+same flags as ``examples/crag_langgraph.py``::
 
     python examples/crag_llama_index_workflow.py --demo
+    python examples/crag_llama_index_workflow.py --evaluator-model PATH_OR_HUB_ID --question "..."
 
-``--demo`` uses tiny *randomly initialised* checkpoints and ``MockLLM``: its scores,
-actions and answers are MEANINGLESS. Needs llama-index-core >= 0.14
+``--demo`` builds a tiny *randomly initialised* checkpoint: its scores, actions and answers
+are MEANINGLESS and only show the plumbing. Needs llama-index-core >= 0.14
 (``pip install "crag-integrations[llama-index]"``).
 """
 
@@ -30,11 +34,17 @@ from pathlib import Path
 from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
-from llama_index.core.llms import LLM
-from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.core.base.llms.types import (
+    CompletionResponse,
+    CompletionResponseGen,
+    LLMMetadata,
+)
+from llama_index.core.llms import LLM, CustomLLM
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 from llama_index.core.workflow import Context, Event, StartEvent, StopEvent, Workflow, step
 
-from crag_integrations.crag import CragEvaluator, KnowledgeRefiner
+from crag_integrations.crag import DEFAULT_LOWER, DEFAULT_UPPER, KnowledgeRefiner
+from crag_integrations.llama_index import CragEvaluatorPostprocessor
 
 __all__ = ["CragWorkflow", "build_crag_workflow"]
 
@@ -81,9 +91,13 @@ class CragWorkflow(Workflow):
     """Corrective RAG: retrieve, grade in one call, branch on the action, refine, answer.
 
     The result of ``await workflow.run(question=...)`` is a dict with ``question``,
-    ``action``, ``scores``, ``nodes`` (copies carrying ``relevance_score``,
-    ``crag_action`` and ``crag_document_action`` metadata), ``refined_context``,
-    ``web_query``, ``web_context``, ``answer`` and ``steps`` (the steps taken, in order).
+    ``action``, ``scores`` (the graded nodes' relevance scores, in retrieval order),
+    ``nodes`` (the evaluator's copies: score = relevance score, and the LlamaIndex adapter's
+    documented metadata such as ``crag_action`` and ``crag_document_action``, hidden from
+    the LLM; see docs/metadata.md), ``refined_context`` (for a
+    ``correct`` action whose refinement keeps no strip: the nodes graded ``correct``,
+    whole), ``web_query``, ``web_context``, ``answer`` and ``steps`` (the names of the
+    steps taken, in order).
 
     Args:
         retriever: A LlamaIndex retriever.
@@ -106,14 +120,14 @@ class CragWorkflow(Workflow):
         retriever: BaseRetriever,
         llm: LLM,
         web_search: WebSearch,
-        evaluator: CragEvaluator,
+        evaluator: CragEvaluatorPostprocessor,
         refiner: KnowledgeRefiner,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.retriever = retriever
         self.llm = llm
-        self.web_search = web_search
+        self.search_web = web_search  # not "web_search": that is the step's name
         self.evaluator = evaluator
         self.refiner = refiner
 
@@ -124,6 +138,7 @@ class CragWorkflow(Workflow):
 
     @staticmethod
     async def _step(ctx: Context, name: str) -> None:
+        # ``name`` is the step method's own name, so "steps" reads as the workflow's graph.
         steps = await ctx.store.get("steps", default=[])
         await ctx.store.set("steps", [*steps, name])
 
@@ -140,41 +155,30 @@ class CragWorkflow(Workflow):
     async def grade(self, ctx: Context, ev: GradeEvent) -> RefineEvent | RewriteEvent:
         """Grade every node in one evaluator call; incorrect goes straight to the web."""
         question = await ctx.store.get("question")
-        evaluation = await self.evaluator.aevaluate(
-            question, [n.node.get_content() for n in ev.nodes]
-        )
-        graded = [
-            NodeWithScore(
-                node=n.node.model_copy(
-                    update={
-                        "metadata": {
-                            **n.node.metadata,
-                            "relevance_score": s,
-                            "crag_action": evaluation.action,
-                            "crag_document_action": band,
-                        }
-                    }
-                ),
-                score=s,
-            )
-            for n, band, s in zip(
-                ev.nodes, evaluation.document_actions, evaluation.scores, strict=True
-            )
-        ]
-        await self._record(
-            ctx, action=evaluation.action, scores=list(evaluation.scores), nodes=graded
-        )
+        graded = await self.evaluator.aprocess(ev.nodes, query_str=question)
+        scores = [n.score for n in graded.kept]
+        await self._record(ctx, action=graded.action, scores=scores, nodes=graded.kept)
         await self._step(ctx, "grade")
-        if evaluation.action == "incorrect":
+        if graded.action == "incorrect":
             return RewriteEvent()
-        return RefineEvent(nodes=graded)
+        return RefineEvent(nodes=graded.kept)
 
     @step
     async def refine(self, ctx: Context, ev: RefineEvent) -> GenerateEvent | RewriteEvent:
         """Keep the relevant strips; ambiguous retrieval also searches the web."""
         question = await ctx.store.get("question")
-        refined = await self.refiner.arefine(question, [n.node.get_content() for n in ev.nodes])
-        await self._record(ctx, refined_context=[d.refined_text for d in refined if d.refined_text])
+        texts = [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in ev.nodes]
+        refined = await self.refiner.arefine(question, texts)
+        context = [d.refined_text for d in refined if d.strips]
+        if not context and await ctx.store.get("action") == "correct":
+            # The evaluator found a correct node but no strip passed the refiner: answer
+            # from the nodes graded correct, whole, rather than from no context at all.
+            context = [
+                text
+                for text, n in zip(texts, ev.nodes, strict=True)
+                if n.node.metadata["crag_document_action"] == "correct"
+            ]
+        await self._record(ctx, refined_context=context)
         await self._step(ctx, "refine")
         if await ctx.store.get("action") == "ambiguous":
             return RewriteEvent()
@@ -191,13 +195,13 @@ class CragWorkflow(Workflow):
         return WebSearchEvent(query=query)
 
     @step
-    async def search(self, ctx: Context, ev: WebSearchEvent) -> GenerateEvent:
+    async def web_search(self, ctx: Context, ev: WebSearchEvent) -> GenerateEvent:
         """Search the web and keep the relevant strips of the results."""
         question = await ctx.store.get("question")
-        found = self.web_search(ev.query)
+        found = self.search_web(ev.query)
         texts = list(await found if inspect.isawaitable(found) else found)
         refined = await self.refiner.arefine(question, texts)
-        await self._record(ctx, web_context=[d.refined_text for d in refined if d.refined_text])
+        await self._record(ctx, web_context=[d.refined_text for d in refined if d.strips])
         await self._step(ctx, "web_search")
         return GenerateEvent()
 
@@ -225,7 +229,7 @@ def build_crag_workflow(
     retriever: BaseRetriever,
     llm: LLM,
     web_search: WebSearch,
-    evaluator: CragEvaluator,
+    evaluator: CragEvaluatorPostprocessor,
     refiner: KnowledgeRefiner,
     timeout: float | None = 120.0,
 ) -> CragWorkflow:
@@ -241,7 +245,7 @@ def build_crag_workflow(
 
 
 # --------------------------------------------------------------------------------------
-# Command line: --demo (tiny random models, MockLLM, stub search)
+# Command line: the same flags, defaults, parts and output as crag_langgraph.py
 
 CORPUS = [
     "Rain forms when water vapor in the atmosphere condenses into droplets. "
@@ -250,6 +254,12 @@ CORPUS = [
     "Photosynthesis converts light energy into chemical energy stored in glucose.",
 ]
 WEB_RESULTS = ["Rain is liquid water falling from clouds.", "Clouds are droplets. They drift."]
+#: The offline stand-in LLM's two canned replies: one to the rewrite prompt, one to the rest.
+DEMO_REWRITE = "why does it rain"
+DEMO_ANSWER = "(canned answer of the offline stand-in LLM)"
+#: Strips the refiner keeps across all documents. No strip threshold: an uncalibrated one
+#: (and any one on the demo's random model) can keep nothing.
+DEFAULT_TOP_K = 2
 
 
 class FixedRetriever(BaseRetriever):
@@ -271,41 +281,88 @@ def stub_web_search(query: str) -> list[str]:
     return list(WEB_RESULTS)
 
 
-async def _demo(question: str, model_dir: Path, evaluator_model: str | None) -> dict[str, Any]:
-    from llama_index.core.llms import MockLLM
+class CannedLLM(CustomLLM):
+    """Offline stand-in LLM: ``rewrite`` for the rewrite prompt, ``answer`` for anything else.
 
-    from crag_integrations.testing import save_tiny_checkpoint
+    Keyed on the prompt, not on the call order, so the answer is the answer whichever
+    branch the workflow takes (a correct retrieval never asks for a rewrite).
+    """
 
-    model = evaluator_model or str(save_tiny_checkpoint(model_dir / "tiny-rerank", num_labels=1))
-    workflow = build_crag_workflow(
-        retriever=FixedRetriever(CORPUS),
-        llm=MockLLM(max_tokens=8),
-        web_search=stub_web_search,
-        evaluator=CragEvaluator(model=model),
-        refiner=KnowledgeRefiner(model=model, threshold=None, top_k=2),
+    rewrite: str
+    answer: str
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="crag-cookbook-canned")
+
+    def _reply(self, prompt: str) -> str:
+        return self.rewrite if prompt.startswith(REWRITE_PROMPT.split("{")[0]) else self.answer
+
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return CompletionResponse(text=self._reply(prompt))
+
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseGen:
+        reply = self._reply(prompt)
+        yield CompletionResponse(text=reply, delta=reply)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, flag for flag the same as the LangGraph cookbook's."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--demo", action="store_true", help="tiny random model (meaningless)")
+    model.add_argument(
+        "--evaluator-model", help="reranker/grader path or hub id; grades and refines"
     )
+    parser.add_argument("--question", default="What causes rain?")
+    parser.add_argument(
+        "--upper", type=float, default=DEFAULT_UPPER, help="score for 'correct' (%(default)s)"
+    )
+    parser.add_argument(
+        "--lower", type=float, default=DEFAULT_LOWER, help="score for 'incorrect' (%(default)s)"
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=DEFAULT_TOP_K,
+        help="strips the refiner keeps across all documents (%(default)s)",
+    )
+    return parser
+
+
+async def _run(workflow: CragWorkflow, question: str) -> dict[str, Any]:
+    # Workflow.run schedules its steps on the running loop, so it is started from inside one.
     result: dict[str, Any] = await workflow.run(question=question)
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the workflow once and print what each step decided."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--demo", action="store_true", help="tiny random models (meaningless)")
-    parser.add_argument("--evaluator-model", help="reranker/grader path or hub id")
-    parser.add_argument("--question", default="What causes rain?")
-    args = parser.parse_args(argv)
-    if not args.demo and not args.evaluator_model:
-        parser.error("pass --demo, or --evaluator-model with a real reranker or grader")
-    if args.demo:
-        print("DEMO: tiny RANDOM models, MockLLM and stub search; results are MEANINGLESS.")
+    from crag_integrations.testing import save_tiny_checkpoint
+
+    args = build_parser().parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        state = asyncio.run(_demo(args.question, Path(tmp), args.evaluator_model))
+        if args.demo:
+            print("DEMO: a tiny RANDOM model, a canned LLM and stub search; MEANINGLESS results.")
+            model = str(save_tiny_checkpoint(Path(tmp) / "tiny-rerank", num_labels=1, seed=0))
+        else:
+            print("Real evaluator; the LLM and web search are still offline stand-ins.")
+            model = args.evaluator_model
+        workflow = build_crag_workflow(
+            retriever=FixedRetriever(CORPUS),
+            llm=CannedLLM(rewrite=DEMO_REWRITE, answer=DEMO_ANSWER),
+            web_search=stub_web_search,
+            evaluator=CragEvaluatorPostprocessor(model=model, upper=args.upper, lower=args.lower),
+            refiner=KnowledgeRefiner(model=model, threshold=None, top_k=args.top_k),
+        )
+        state = asyncio.run(_run(workflow, args.question))
     print(f"steps:   {' -> '.join(state['steps'])}")
     print(f"action:  {state['action']}  scores: {[round(s, 3) for s in state['scores']]}")
     print(f"refined: {state['refined_context']}")
     print(f"web:     {state['web_context']}")
-    print(f"answer:  {state['answer']!r}")
+    print(f"answer:  {state['answer']}")
 
 
 if __name__ == "__main__":
