@@ -29,7 +29,13 @@ from typing import Literal
 
 from crag_integrations.config import EngineConfig, as_engine_config
 from crag_integrations.errors import IncompatibleModelError
-from crag_integrations.inputs import check_query, check_texts
+from crag_integrations.inputs import (
+    check_count,
+    check_labels,
+    check_number,
+    check_query,
+    check_texts,
+)
 from crag_integrations.roles import RelevanceGrader, Reranker
 from crag_integrations.scoring import select_top, sentence_ranges
 from crag_integrations.types import (
@@ -173,8 +179,8 @@ def check_action_thresholds(upper: float, lower: float, *, scale: ScoreScale) ->
     """
     if scale not in ("probability", "logit"):
         raise ValueError(f"scale must be 'probability' or 'logit', not {scale!r}")
-    if any(math.isnan(t) for t in (upper, lower)):
-        raise ValueError("action thresholds must be numbers, not NaN")
+    check_number("upper", upper)
+    check_number("lower", lower)
     if lower > upper:
         raise ValueError(f"lower ({lower}) must not exceed upper ({upper})")
     if scale == "probability" and not (0.0 <= lower <= 1.0 and 0.0 <= upper <= 1.0):
@@ -202,11 +208,8 @@ class _Scorer:
         as_engine_config(self.model)  # a TypeError for anything but an id, path or config
         if self.scale not in ("probability", "logit"):
             raise ValueError(f"scale must be 'probability' or 'logit', not {self.scale!r}")
-        if self.relevant_labels is not None:
-            labels: object = self.relevant_labels
-            if isinstance(labels, str):
-                raise TypeError("relevant_labels must be a sequence of label names; wrap it")
-            object.__setattr__(self, "relevant_labels", tuple(self.relevant_labels))
+        labels = check_labels("relevant_labels", self.relevant_labels)
+        object.__setattr__(self, "relevant_labels", labels)
         # The logit scale is a one-logit reranker's raw score; the probability scale is a
         # relevance grader's probability (the sigmoid for one-logit models).
         if self.scale == "logit":
@@ -443,8 +446,8 @@ class KnowledgeRefiner(_Scorer):
         split_strips("", mode=self.mode, group_size=self.group_size, window_words=self.window_words)
         if self.threshold is None and self.top_k is None:
             raise ValueError("set threshold, top_k or both; otherwise nothing is refined")
-        if self.top_k is not None and self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, not {self.top_k}")
+        check_count("top_k", self.top_k)
+        check_number("threshold", self.threshold, optional=True)
         if (
             self.scale == "probability"
             and self.threshold is not None

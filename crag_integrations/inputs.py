@@ -10,14 +10,29 @@ Documented behaviour (tested):
 - An empty list returns an empty result without loading or calling a model.
 - An empty or whitespace-only text is valid: it is scored by the model like any other
   string (models score it low), and it never contains evidence spans.
+- A ``dict`` (whose keys would be scored) or a ``set`` (which has no order to keep) is
+  rejected with ``TypeError`` saying what to pass instead.
+- Settings are checked by type as well as by range when a role is built: a count
+  (``top_n``, ``top_k``) is an ``int`` and not a ``bool``; a score or threshold is a real
+  number, not a ``bool``, not a string and not NaN; label names are a sequence of ``str``,
+  never a bare ``str`` (which would be split into characters).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping, Set
+from numbers import Real
 from typing import TypeVar
 
-__all__ = ["check_items", "check_query", "check_texts"]
+__all__ = [
+    "check_count",
+    "check_items",
+    "check_labels",
+    "check_number",
+    "check_query",
+    "check_texts",
+]
 
 T = TypeVar("T")
 
@@ -37,6 +52,16 @@ def check_texts(texts: object) -> list[str]:
         raise TypeError("texts must be a sequence of str, not a single string; wrap it in [...]")
     if texts is None or not isinstance(texts, Iterable):
         raise TypeError(f"texts must be a sequence of str, not {type(texts).__name__}")
+    if isinstance(texts, Mapping):
+        raise TypeError(
+            "texts must be a sequence of str, not a mapping (its keys would be scored); "
+            "pass list(texts.values()) or list(texts) explicitly"
+        )
+    if isinstance(texts, Set):
+        raise TypeError(
+            "texts must be a sequence of str, not a set (it has no order to keep); "
+            "pass sorted(texts) or a list"
+        )
     result = list(texts)
     for index, text in enumerate(result):
         if not isinstance(text, str):
@@ -62,3 +87,72 @@ def check_items(items: object, kind: type[T], name: str) -> list[T]:
         if not isinstance(item, kind):
             raise TypeError(f"{name}[{index}] must be a {kind.__name__}, not {type(item).__name__}")
     return result
+
+
+def check_count(name: str, value: object, *, optional: bool = True) -> int | None:
+    """Return ``value`` if it is a non-negative ``int`` (``None`` when ``optional``).
+
+    Example:
+        >>> check_count("top_n", 3)
+        3
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, not {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0 or None, not {value}")
+    return value
+
+
+def check_number(
+    name: str,
+    value: object,
+    *,
+    optional: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+) -> float | None:
+    """Return ``value`` as a float if it is a real, finite-or-infinite, non-NaN number within
+    ``[low, high]`` (``None`` allowed when ``optional``); ``bool`` and ``str`` are refused.
+
+    Example:
+        >>> check_number("threshold", 0.5, low=0.0, high=1.0)
+        0.5
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        kind = "a number or None" if optional else "a number"
+        raise TypeError(f"{name} must be {kind}, not {type(value).__name__} {value!r}")
+    number = float(value)
+    if math.isnan(number):
+        raise ValueError(f"{name} is NaN; give a number (NaN would silently fail every test)")
+    if (low is not None and number < low) or (high is not None and number > high):
+        bounds = (
+            f"[{low}, {high}]"
+            if low is not None and high is not None
+            else (f">= {low}" if low is not None else f"<= {high}")
+        )
+        raise ValueError(f"{name} must be in {bounds}, not {number}")
+    return number
+
+
+def check_labels(name: str, value: object) -> tuple[str, ...] | None:
+    """Return ``value`` as a tuple of label names, or ``None``; a bare ``str`` is refused.
+
+    Example:
+        >>> check_labels("relevant_labels", ["relevant"])
+        ('relevant',)
+    """
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a sequence of label names, not one string; wrap it")
+    if isinstance(value, (Mapping, Set)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a sequence of label names, not {type(value).__name__}")
+    labels = tuple(value)
+    for index, label in enumerate(labels):
+        if not isinstance(label, str):
+            raise TypeError(f"{name}[{index}] must be a str, not {type(label).__name__}")
+    return labels

@@ -59,6 +59,12 @@ def _frozen(default: Any, description: str, **constraints: Any) -> Any:
     return Field(default=default, frozen=True, description=description, **constraints)
 
 
+def _strict(default: Any, description: str, **constraints: Any) -> Any:
+    # Numbers and flags are not coerced: top_n=True, top_n="2" or threshold="0" are
+    # mistakes to report, not values to guess (NaN is refused by the roles' checks).
+    return _frozen(default, description, strict=True, **constraints)
+
+
 class StageOptions(BaseModel):
     """Base of every options class: strict, frozen fields, validated by building the stage."""
 
@@ -103,12 +109,12 @@ class EngineOptions(StageOptions):
     revision: str | None = _frozen(None, "Hub revision (branch, tag or commit).")
     device: str = _frozen("auto", "'auto' (CUDA, then MPS, then CPU) or a torch device.")
     dtype: DType = _frozen("auto", "'auto', 'float32', 'float16' or 'bfloat16'.")
-    max_length: int | None = _frozen(
+    max_length: int | None = _strict(
         None, "Tokens per window (None: the model's limit); longer texts are windowed."
     )
-    token_budget: int | None = _frozen(None, "Max padded tokens per forward pass.")
-    trust_remote_code: bool = _frozen(False, "Allow custom modelling code from checkpoints.")
-    local_files_only: bool | None = _frozen(
+    token_budget: int | None = _strict(None, "Max padded tokens per forward pass.")
+    trust_remote_code: bool = _strict(False, "Allow custom modelling code from checkpoints.")
+    local_files_only: bool | None = _strict(
         None, "Never reach the network (None: follow HF_HUB_OFFLINE)."
     )
     cache_dir: str | None = _frozen(None, "Hugging Face cache directory.")
@@ -130,8 +136,8 @@ class EngineOptions(StageOptions):
 class RerankOptions(EngineOptions):
     """Sort by a one-logit cross-encoder, drop below ``score_threshold``, cut to ``top_n``."""
 
-    top_n: int | None = _frozen(3, "Keep at most this many (None: all).")
-    score_threshold: float | None = _frozen(
+    top_n: int | None = _strict(3, "Keep at most this many (None: all).")
+    score_threshold: float | None = _strict(
         None, "Minimum raw logit (logit 0 is probability 0.5), applied before top_n."
     )
 
@@ -154,7 +160,7 @@ class RerankOptions(EngineOptions):
 class FilterOptions(EngineOptions):
     """Drop what a relevance grader grades not relevant."""
 
-    threshold: float = _frozen(0.5, "Minimum relevance probability to keep, in [0, 1].")
+    threshold: float = _strict(0.5, "Minimum relevance probability to keep, in [0, 1].")
     relevant_labels: tuple[str, ...] | None = _frozen(
         None, "Label names that mean relevant (None: the grader's rules)."
     )
@@ -180,10 +186,10 @@ class FilterOptions(EngineOptions):
 class TrimOptions(EngineOptions):
     """Replace each text by its evidence spans (a token classifier)."""
 
-    threshold: float = _frozen(0.2, "Token evidence probability cut-off, in [0, 1].")
-    doc_stride: int = _frozen(256, "Tokens of overlap between windows of long texts.", ge=0)
-    min_span_chars: int = _frozen(10, "Drop spans shorter than this.", ge=0)
-    merge_gap_chars: int = _frozen(20, "Merge spans at most this many characters apart.", ge=0)
+    threshold: float = _strict(0.2, "Token evidence probability cut-off, in [0, 1].")
+    doc_stride: int = _strict(256, "Tokens of overlap between windows of long texts.", ge=0)
+    min_span_chars: int = _strict(10, "Drop spans shorter than this.", ge=0)
+    merge_gap_chars: int = _strict(20, "Merge spans at most this many characters apart.", ge=0)
     separator: str = _frozen(" ... ", "Joins the spans into the new text.")
     evidence_labels: tuple[str, ...] | None = _frozen(
         None, "Token labels that mark evidence (None: all but 'outside')."
@@ -224,10 +230,10 @@ class CragOptions(StageOptions):
     reranker: RerankOptions | None = _frozen(None, "The rerank stage, or None.")
     relevance_filter: FilterOptions | None = _frozen(None, "The filter stage, or None.")
     trimmer: TrimOptions | None = _frozen(None, "The trim stage, or None.")
-    action_upper: float | None = _frozen(
+    action_upper: float | None = _strict(
         None, "CRAG 'correct' threshold on relevance probability (None: no action).", ge=0, le=1
     )
-    action_lower: float | None = _frozen(
+    action_lower: float | None = _strict(
         None, "CRAG 'incorrect' threshold on relevance probability (None: no action).", ge=0, le=1
     )
 
@@ -255,13 +261,13 @@ class CragOptions(StageOptions):
 class EvaluatorOptions(EngineOptions):
     """Score every text with the CRAG evaluator and decide the query's action."""
 
-    upper: float = _frozen(DEFAULT_UPPER, "Score at or above which one text makes 'correct'.")
-    lower: float = _frozen(DEFAULT_LOWER, "Score below which every text must fall: 'incorrect'.")
+    upper: float = _strict(DEFAULT_UPPER, "Score at or above which one text makes 'correct'.")
+    lower: float = _strict(DEFAULT_LOWER, "Score below which every text must fall: 'incorrect'.")
     scale: ScoreScale = _frozen("probability", "'probability' (any head) or 'logit'.")
     relevant_labels: tuple[str, ...] | None = _frozen(
         None, "For multi-class graders, the label names that mean relevant."
     )
-    drop_incorrect: bool = _frozen(False, "Drop the texts whose own band is 'incorrect'.")
+    drop_incorrect: bool = _strict(False, "Drop the texts whose own band is 'incorrect'.")
 
     @property
     def evaluator(self) -> CragEvaluator:
@@ -283,10 +289,10 @@ class RefinerOptions(EngineOptions):
     """CRAG knowledge refinement: keep each text's relevant strips."""
 
     mode: StripMode = _frozen("sentences", "'sentences', 'sentence_groups' or 'words'.")
-    group_size: int = _frozen(3, "Sentences per strip for 'sentence_groups'.", ge=1)
-    window_words: int = _frozen(50, "Words per strip for 'words'.", ge=1)
-    threshold: float | None = _frozen(0.5, "Minimum strip score on `scale` (None: off).")
-    top_k: int | None = _frozen(None, "Strips kept over all texts (None: no cap).", ge=0)
+    group_size: int = _strict(3, "Sentences per strip for 'sentence_groups'.", ge=1)
+    window_words: int = _strict(50, "Words per strip for 'words'.", ge=1)
+    threshold: float | None = _strict(0.5, "Minimum strip score on `scale` (None: off).")
+    top_k: int | None = _strict(None, "Strips kept over all texts (None: no cap).", ge=0)
     separator: str = _frozen(" ", "Joins a text's kept strips.")
     scale: ScoreScale = _frozen("probability", "'probability' (any head) or 'logit'.")
     relevant_labels: tuple[str, ...] | None = _frozen(

@@ -333,7 +333,9 @@ class CrossEncoderRerank(RerankOptions, _Postprocessor):
         [('n3', 0.998), ('n0', 0.871), ('n7', 0.412)]
     """
 
-    top_n: int | None = Field(default=2, frozen=True, description="Keep at most this many.")
+    top_n: int | None = Field(
+        default=2, frozen=True, strict=True, description="Keep at most this many (None: all)."
+    )
     metadata_mode: MetadataMode = _metadata_mode()
 
     @classmethod
