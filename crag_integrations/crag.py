@@ -62,8 +62,10 @@ __all__ = [
     "ScoreScale",
     "StripMode",
     "calibrate_thresholds",
+    "check_action_thresholds",
     "decide_action",
     "document_actions",
+    "knowledge_for_generation",
     "select_strips",
     "split_strips",
 ]
@@ -530,3 +532,34 @@ class KnowledgeRefiner(_Scorer):
     async def arun(self, query: str, texts: Sequence[str]) -> PipelineResult:
         """Async :meth:`run`."""
         return self._result(await self.arefine(query, texts))
+
+
+def knowledge_for_generation(
+    refined: Sequence[RefinedDocument],
+    document_actions: Sequence[CragAction],
+    action: CragAction,
+) -> list[str]:
+    """The internal knowledge to generate from after refinement, one text per document.
+
+    The kept strips of each document that has some. When the retrieval is ``"correct"``
+    but refinement kept no strip at all, the documents whose own band is ``"correct"``,
+    whole: a correct retrieval is never answered from no context.
+
+    Args:
+        refined: The refiner's result, one per document, in input order.
+        document_actions: Each document's own CRAG band, in the same order.
+        action: The query's CRAG action.
+
+    Example:
+        >>> empty = RefinedDocument(index=0, text="Rain.", refined_text="", strips=(), num_strips=1)
+        >>> knowledge_for_generation([empty], ["correct"], "correct")
+        ['Rain.']
+    """
+    if len(refined) != len(document_actions):
+        raise ValueError("give one document action per refined document")
+    context = [item.refined_text for item in refined if item.strips]
+    if context or action != "correct":
+        return context
+    return [
+        item.text for item, band in zip(refined, document_actions, strict=True) if band == "correct"
+    ]

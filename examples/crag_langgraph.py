@@ -43,7 +43,13 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langgraph.graph import END, START, StateGraph
 
-from crag_integrations.crag import DEFAULT_LOWER, DEFAULT_UPPER, CragAction, KnowledgeRefiner
+from crag_integrations.crag import (
+    DEFAULT_LOWER,
+    DEFAULT_UPPER,
+    CragAction,
+    KnowledgeRefiner,
+    knowledge_for_generation,
+)
 from crag_integrations.langchain import CragEvaluatorCompressor
 
 __all__ = ["CragState", "build_crag_graph", "search_results_to_texts"]
@@ -170,13 +176,8 @@ def build_crag_graph(
     def refine(state: CragState) -> CragState:
         documents = state.get("documents", [])
         refined = refiner.refine(state["question"], [d.page_content for d in documents])
-        context = [d.refined_text for d in refined if d.strips]
-        if not context and state["action"] == "correct":
-            # The evaluator found a correct document but no strip passed the refiner: answer
-            # from the documents graded correct, whole, rather than from no context at all.
-            context = [
-                d.page_content for d in documents if d.metadata["crag_document_action"] == "correct"
-            ]
+        bands = [d.metadata["crag_document_action"] for d in documents]
+        context = knowledge_for_generation(refined, bands, state["action"])
         return {"refined_context": context, "steps": ["refine"]}
 
     def rewrite(state: CragState) -> CragState:

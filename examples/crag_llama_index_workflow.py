@@ -43,7 +43,12 @@ from llama_index.core.llms import LLM, CustomLLM
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 from llama_index.core.workflow import Context, Event, StartEvent, StopEvent, Workflow, step
 
-from crag_integrations.crag import DEFAULT_LOWER, DEFAULT_UPPER, KnowledgeRefiner
+from crag_integrations.crag import (
+    DEFAULT_LOWER,
+    DEFAULT_UPPER,
+    KnowledgeRefiner,
+    knowledge_for_generation,
+)
 from crag_integrations.llama_index import CragEvaluatorPostprocessor
 
 __all__ = ["CragWorkflow", "build_crag_workflow"]
@@ -169,15 +174,8 @@ class CragWorkflow(Workflow):
         question = await ctx.store.get("question")
         texts = [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in ev.nodes]
         refined = await self.refiner.arefine(question, texts)
-        context = [d.refined_text for d in refined if d.strips]
-        if not context and await ctx.store.get("action") == "correct":
-            # The evaluator found a correct node but no strip passed the refiner: answer
-            # from the nodes graded correct, whole, rather than from no context at all.
-            context = [
-                text
-                for text, n in zip(texts, ev.nodes, strict=True)
-                if n.node.metadata["crag_document_action"] == "correct"
-            ]
+        bands = [n.node.metadata["crag_document_action"] for n in ev.nodes]
+        context = knowledge_for_generation(refined, bands, await ctx.store.get("action"))
         await self._record(ctx, refined_context=context)
         await self._step(ctx, "refine")
         if await ctx.store.get("action") == "ambiguous":

@@ -497,3 +497,28 @@ def test_refiner_never_mutates_or_reorders_the_callers_list(rerank: str) -> None
     assert docs == LONG_DOCS
     assert [d.text for d in refined] == docs
     assert all(re.sub(r"\s+", "", d.refined_text) == re.sub(r"\s+", "", d.text) for d in refined)
+
+
+def test_knowledge_for_generation_falls_back_only_for_a_correct_retrieval() -> None:
+    """Kept strips are the knowledge; a correct retrieval with no kept strip falls back to
+    its documents graded correct, whole; other actions get what was kept (maybe nothing)."""
+    from crag_integrations.crag import RefinedDocument, knowledge_for_generation
+    from crag_integrations.types import Span
+
+    kept = RefinedDocument(
+        index=0,
+        text="Rain falls. Tokyo.",
+        refined_text="Rain falls.",
+        strips=(Span(start=0, end=11, text="Rain falls.", score=0.9),),
+        num_strips=2,
+    )
+    empty = [
+        RefinedDocument(index=i, text=t, refined_text="", strips=(), num_strips=1)
+        for i, t in enumerate(["Rain.", "Paris.", "Tokyo."])
+    ]
+    bands = ["correct", "ambiguous", "correct"]
+    assert knowledge_for_generation([kept], ["correct"], "correct") == ["Rain falls."]
+    assert knowledge_for_generation(empty, bands, "correct") == ["Rain.", "Tokyo."]
+    assert knowledge_for_generation(empty, bands, "ambiguous") == []
+    with pytest.raises(ValueError, match="one document action"):
+        knowledge_for_generation(empty, bands[:1], "correct")
