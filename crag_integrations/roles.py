@@ -10,23 +10,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from crag_integrations.config import EngineConfig, as_engine_config
 from crag_integrations.engine import CrossEncoderEngine, get_engine
 from crag_integrations.errors import IncompatibleModelError
-from crag_integrations.inputs import check_query, check_texts
+from crag_integrations.inputs import (
+    check_count,
+    check_labels,
+    check_number,
+    check_query,
+    check_texts,
+)
 from crag_integrations.scoring import (
+    WindowPooling,
     best_window,
     evidence_label_mask,
-    evidence_probabilities,
-    extract_spans,
+    evidence_windows,
+    extract_window_spans,
     join_spans,
     relevance_probability,
     relevant_label_mask,
     select_top,
-    sentence_scores,
     sigmoid,
     softmax,
+    window_sentence_scores,
 )
 from crag_integrations.types import Grade, Highlight, RankedText, SequenceScores, TokenScores
 
@@ -100,8 +108,9 @@ class Reranker(_Role):
 
     def __post_init__(self) -> None:
         as_engine_config(self.model)
-        if self.top_n is not None and self.top_n < 0:
-            raise ValueError(f"top_n must be >= 0 or None, not {self.top_n}")
+        check_count("top_n", self.top_n)
+        threshold = check_number("score_threshold", self.score_threshold, optional=True)
+        object.__setattr__(self, "score_threshold", threshold)
 
     def _check_head(self, engine: CrossEncoderEngine) -> None:
         require_one_logit(
@@ -217,10 +226,10 @@ class RelevanceGrader(_Role):
 
     def __post_init__(self) -> None:
         as_engine_config(self.model)
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], not {self.threshold}")
-        if self.relevant_labels is not None:
-            object.__setattr__(self, "relevant_labels", tuple(self.relevant_labels))
+        threshold = check_number("threshold", self.threshold, low=0.0, high=1.0)
+        object.__setattr__(self, "threshold", threshold)
+        labels = check_labels("relevant_labels", self.relevant_labels)
+        object.__setattr__(self, "relevant_labels", labels)
 
     @staticmethod
     def _check_head(engine: CrossEncoderEngine) -> None:
@@ -290,22 +299,34 @@ class RelevanceGrader(_Role):
 class EvidenceHighlighter(_Role):
     """Find the character spans of each text that support an answer to the query.
 
-    Reproduces ``KRLabsOrg/acl-verbatim-modernbert``'s ``.process()``: tokens whose
-    evidence probability reaches ``threshold`` form spans; spans closer than
-    ``merge_gap_chars`` merge; spans shorter than ``min_span_chars`` are dropped. Long
-    texts are read in windows of ``max_length`` tokens overlapping by ``doc_stride``
-    tokens, and token probabilities are averaged where windows overlap.
+    Returns what ``KRLabsOrg/acl-verbatim-modernbert``'s ``.process()`` returns for the same
+    model and settings. A token's evidence probability is the summed probability of its
+    evidence labels (every label but ``O``: see ``evidence_labels``). Texts longer than
+    ``max_length`` tokens are read in windows overlapping by ``doc_stride`` tokens, and
+    each window on its own yields raw spans: runs of consecutive text tokens whose
+    probability reaches ``threshold``, from the first token's start to the last token's
+    end, scored by the run's largest probability. The raw spans of all windows are pooled
+    (overlapping windows are not averaged), sorted, and merged where a span starts at most
+    ``merge_gap_chars`` characters after the previous one ends (larger end, larger score);
+    merged spans shorter than ``min_span_chars`` are dropped. Sentence scores: a
+    character scores the largest probability of the evidence tokens covering it (0 if
+    none), a sentence the mean over its characters
+    (:func:`~crag_integrations.scoring.window_sentence_scores`).
 
     Args:
         model: Hub id, local directory, or :class:`EngineConfig` of a token classifier.
         threshold: Evidence probability cut-off (0.2 balanced, 0.5 high precision).
-        max_length: Tokens per window (``None``: the engine's, i.e. the model's limit).
+        max_length: Tokens per window (``None``: the engine's, i.e. the model's limit,
+            at most 8192 like the reference).
         doc_stride: Tokens of overlap between windows.
         min_span_chars: Drop spans shorter than this many characters.
         merge_gap_chars: Merge spans separated by at most this many characters.
-        return_sentence_scores: Also score every sentence (mean token probability).
+        return_sentence_scores: Also score every sentence (mean character score).
         separator: Joins the spans into ``Highlight.trimmed_text``.
         evidence_labels: Token labels that mark evidence (default: all but "outside").
+        window_pooling: ``"max"`` (the reference): read every window on its own.
+            ``"mean"``: average the probabilities of overlapping windows into one token
+            sequence first, then apply the same span and sentence rules to it.
 
     Example:
         >>> highlighter = EvidenceHighlighter(model="KRLabsOrg/acl-verbatim-modernbert")
@@ -324,6 +345,11 @@ class EvidenceHighlighter(_Role):
     return_sentence_scores: bool = False
     separator: str = " ... "
     evidence_labels: tuple[str, ...] | None = None
+    window_pooling: WindowPooling = "max"
+
+    #: The reference's default window (its ModernBERT's context); ``max_length=None`` caps
+    #: the model's limit at it.
+    reference_max_length: ClassVar[int] = 8192
 
     def __post_init__(self) -> None:
         as_engine_config(self.model)
@@ -331,8 +357,15 @@ class EvidenceHighlighter(_Role):
             raise ValueError(f"threshold must be in [0, 1], not {self.threshold}")
         if self.doc_stride < 0 or self.min_span_chars < 0 or self.merge_gap_chars < 0:
             raise ValueError("doc_stride, min_span_chars and merge_gap_chars must be >= 0")
+        if self.window_pooling not in ("max", "mean"):
+            raise ValueError(f"window_pooling must be 'max' or 'mean', not {self.window_pooling!r}")
         if self.evidence_labels is not None:
             object.__setattr__(self, "evidence_labels", tuple(self.evidence_labels))
+
+    def _window_length(self, engine: CrossEncoderEngine) -> int:
+        if self.max_length is not None:
+            return self.max_length
+        return min(self.reference_max_length, engine.max_length)
 
     def _highlights(
         self, engine: CrossEncoderEngine, texts: Sequence[str], results: Sequence[TokenScores]
@@ -340,19 +373,18 @@ class EvidenceHighlighter(_Role):
         mask = evidence_label_mask(engine.head.id2label, self.evidence_labels)
         highlights = []
         for index, (text, result) in enumerate(zip(texts, results, strict=True)):
-            evidence = evidence_probabilities(result.probabilities, mask)
+            windows = evidence_windows(result, mask, pooling=self.window_pooling)
             spans = tuple(
-                extract_spans(
+                extract_window_spans(
                     text,
-                    result.offsets,
-                    evidence,
+                    windows,
                     threshold=self.threshold,
                     min_span_chars=self.min_span_chars,
                     merge_gap_chars=self.merge_gap_chars,
                 )
             )
             sentences = (
-                tuple(sentence_scores(text, result.offsets, evidence))
+                tuple(window_sentence_scores(text, windows, threshold=self.threshold))
                 if self.return_sentence_scores
                 else None
             )
@@ -375,7 +407,9 @@ class EvidenceHighlighter(_Role):
             return []
         engine = self.engine
         results = engine.token_scores(
-            [(query, t) for t in items], max_length=self.max_length, stride=self.doc_stride
+            [(query, t) for t in items],
+            max_length=self._window_length(engine),
+            stride=self.doc_stride,
         )
         return self._highlights(engine, items, results)
 
@@ -385,7 +419,10 @@ class EvidenceHighlighter(_Role):
         if not items:
             return []
         engine = self.engine
+        await engine.aload()
         results = await engine.atoken_scores(
-            [(query, t) for t in items], max_length=self.max_length, stride=self.doc_stride
+            [(query, t) for t in items],
+            max_length=self._window_length(engine),
+            stride=self.doc_stride,
         )
         return self._highlights(engine, items, results)

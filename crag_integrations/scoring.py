@@ -9,19 +9,28 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Literal
 
 from crag_integrations.errors import IncompatibleModelError
-from crag_integrations.types import Span
+from crag_integrations.types import Span, TokenScores
 
 __all__ = [
+    "HIGHLIGHT_SENTENCE_PATTERN",
     "OSMOSIS_LABELS",
     "OSMOSIS_RELEVANT_LABELS",
+    "TokenWindow",
+    "WindowPooling",
     "best_window",
+    "character_scores",
     "evidence_label_mask",
     "evidence_probabilities",
+    "evidence_runs",
+    "evidence_windows",
     "extract_spans",
+    "extract_window_spans",
+    "highlight_sentence_ranges",
     "join_spans",
+    "merge_runs",
     "relevance_probability",
     "relevant_label_mask",
     "select_top",
@@ -29,6 +38,7 @@ __all__ = [
     "sentence_scores",
     "sigmoid",
     "softmax",
+    "window_sentence_scores",
 ]
 
 #: The five response-sufficiency labels of ``KingTechnician/osmosis-crossencoder-joint``.
@@ -167,11 +177,17 @@ def evidence_label_mask(
 ) -> tuple[bool, ...]:
     """Which labels of a token-classification head mark evidence.
 
-    A token's evidence probability is the summed probability of these labels. Rules:
-    ``evidence_labels`` given: exactly those. Otherwise every label except the one named
-    like "outside" (``O``, ``outside``, ``other``, ``none``): for a BIO scheme that is
-    ``B-*`` plus ``I-*``. A two-label head with no such name uses index 1 as evidence, as
-    ``KRLabsOrg/acl-verbatim-modernbert`` does (0 outside, 1 evidence).
+    A token's evidence probability is the summed probability of these labels.
+    ``KRLabsOrg/acl-verbatim-modernbert``'s ``.process()`` sums every label but label 0
+    (its ``O``); these rules give exactly that for every head whose label 0 is the outside
+    label, and read the names where they say otherwise. Rules, in order:
+
+    1. ``evidence_labels`` given: exactly those.
+    2. One label named like "outside" (``O``, ``outside``, ``other``, ``none``): every
+       other label (for a BIO scheme, ``B-*`` plus ``I-*``), wherever it sits.
+    3. Unnamed labels (``LABEL_0``, ``LABEL_1``, ... in order) or any two-label head:
+       every label but label 0, as the reference does.
+    4. Anything else: an error asking for ``evidence_labels``.
 
     Example:
         >>> evidence_label_mask(["O", "EVIDENCE"])
@@ -192,8 +208,9 @@ def evidence_label_mask(
     outside = [i for i, n in enumerate(names) if _normalise(n) in _OUTSIDE_NAMES]
     if len(outside) == 1 and len(names) >= 2:
         return tuple(i != outside[0] for i in range(len(names)))
-    if len(names) == 2:
-        return (False, True)
+    generic = all(_normalise(name) == f"label_{i}" for i, name in enumerate(names))
+    if len(names) == 2 or (generic and len(names) > 2):
+        return tuple(i != 0 for i in range(len(names)))
     raise IncompatibleModelError(
         f"cannot tell which of the token labels {names} mark evidence; pass "
         "evidence_labels=[...] naming them"
@@ -215,20 +232,147 @@ def evidence_probabilities(
     ]
 
 
-@dataclass
-class _RawSpan:
-    start: int
-    end: int
-    total: float
-    tokens: int
+#: One window's reading of a text: its tokens' character offsets and evidence probabilities.
+TokenWindow = tuple[Sequence[tuple[int, int]], Sequence[float]]
+
+#: How a highlighter reads a text longer than one window. ``"max"``: every window on its
+#: own, as acl-verbatim's ``.process()`` does (spans and character scores take the maximum
+#: over windows). ``"mean"``: the probabilities of overlapping windows averaged into one
+#: token sequence first.
+WindowPooling = Literal["max", "mean"]
 
 
-def _trim_whitespace(text: str, start: int, end: int) -> tuple[int, int]:
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return start, end
+def evidence_windows(
+    scores: TokenScores, mask: Sequence[bool], *, pooling: WindowPooling = "max"
+) -> list[TokenWindow]:
+    """The token windows the span and sentence rules read, with evidence probabilities.
+
+    Args:
+        scores: The engine's token probabilities of one text.
+        mask: Which labels mark evidence (:func:`evidence_label_mask`).
+        pooling: ``"max"``: one window per window the engine read, each with its own
+            probabilities; ``"mean"``: one window over the whole text holding the
+            probabilities averaged over overlapping windows.
+
+    Returns:
+        ``(offsets, evidence probabilities)`` per window, in text order.
+    """
+    if pooling == "mean":
+        return [(scores.offsets, evidence_probabilities(scores.probabilities, mask))]
+    if pooling != "max":
+        raise ValueError(f"pooling must be 'max' or 'mean', not {pooling!r}")
+    return [
+        (scores.offsets[first:stop], evidence_probabilities(probabilities, mask))
+        for (first, stop), probabilities in zip(
+            scores.window_ranges, scores.window_probabilities, strict=True
+        )
+    ]
+
+
+def _check_span_settings(threshold: float, min_span_chars: int, merge_gap_chars: int) -> None:
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], not {threshold}")
+    if min_span_chars < 0 or merge_gap_chars < 0:
+        raise ValueError("min_span_chars and merge_gap_chars must be >= 0")
+
+
+def evidence_runs(
+    offsets: Sequence[tuple[int, int]], probabilities: Sequence[float], *, threshold: float
+) -> list[tuple[int, int, float]]:
+    """The raw spans of one window: runs of consecutive evidence tokens.
+
+    A token is evidence when it covers characters and its probability is at least
+    ``threshold``; any other token (below threshold, or without characters) ends a run.
+    A run spans from its first token's start to its last token's end and is scored by
+    the largest probability in it.
+
+    Example:
+        >>> evidence_runs([(0, 4), (5, 9), (10, 14)], [0.5, 0.9, 0.1], threshold=0.2)
+        [(0, 9, 0.9)]
+    """
+    if len(offsets) != len(probabilities):
+        raise ValueError("offsets and probabilities must have the same length")
+    runs: list[tuple[int, int, float]] = []
+    run: tuple[int, int, float] | None = None
+    for (start, end), probability in zip(offsets, probabilities, strict=True):
+        if end > start and probability >= threshold:
+            run = (
+                (start, end, probability)
+                if run is None
+                else (
+                    run[0],
+                    end,
+                    max(run[2], probability),
+                )
+            )
+        elif run is not None:
+            runs.append(run)
+            run = None
+    if run is not None:
+        runs.append(run)
+    return runs
+
+
+def merge_runs(
+    runs: Sequence[tuple[int, int, float]], *, min_span_chars: int, merge_gap_chars: int
+) -> list[tuple[int, int, float]]:
+    """Pool raw spans (of any windows), merge those close together, drop short ones.
+
+    Spans are sorted; a span joins the previous merged span when its start minus that
+    span's end is at most ``merge_gap_chars`` (the end becomes the larger end, the score
+    the larger score). Merged spans shorter than ``min_span_chars`` are dropped.
+
+    Example:
+        >>> merge_runs([(30, 40, 0.5), (0, 10, 0.9), (12, 20, 0.3)],
+        ...            min_span_chars=10, merge_gap_chars=5)
+        [(0, 20, 0.9), (30, 40, 0.5)]
+    """
+    merged: list[tuple[int, int, float]] = []
+    for start, end, score in sorted(runs):
+        if merged and start - merged[-1][1] <= merge_gap_chars:
+            first, last, best = merged[-1]
+            merged[-1] = (first, max(last, end), max(best, score))
+        else:
+            merged.append((start, end, score))
+    return [run for run in merged if run[1] - run[0] >= min_span_chars]
+
+
+def extract_window_spans(
+    text: str,
+    windows: Sequence[TokenWindow],
+    *,
+    threshold: float = 0.2,
+    min_span_chars: int = 10,
+    merge_gap_chars: int = 20,
+) -> list[Span]:
+    """Evidence spans of ``text`` read in windows: acl-verbatim's ``.process()`` rules.
+
+    Each window on its own yields raw spans (:func:`evidence_runs`); the raw spans of all
+    windows are pooled as they are, then merged and filtered (:func:`merge_runs`).
+    ``span.text == text[span.start:span.end]`` always holds.
+
+    Args:
+        text: The text the offsets point into.
+        windows: ``(offsets, evidence probabilities)`` per window.
+        threshold: Probability from which a token is evidence (inclusive).
+        min_span_chars: Drop merged spans shorter than this many characters.
+        merge_gap_chars: Merge spans separated by at most this many characters.
+
+    Returns:
+        The spans in text order, each scored by the largest probability in it.
+    """
+    _check_span_settings(threshold, min_span_chars, merge_gap_chars)
+    runs = [
+        run
+        for offsets, probabilities in windows
+        for run in evidence_runs(offsets, probabilities, threshold=threshold)
+    ]
+    return [
+        Span(start=start, end=end, text=text[start:end], score=score)
+        for start, end, score in merge_runs(
+            runs, min_span_chars=min_span_chars, merge_gap_chars=merge_gap_chars
+        )
+    ]
 
 
 def extract_spans(
@@ -240,14 +384,14 @@ def extract_spans(
     min_span_chars: int = 10,
     merge_gap_chars: int = 20,
 ) -> list[Span]:
-    """Turn per-token evidence probabilities into character spans of ``text``.
+    """Evidence spans of ``text`` from one token sequence (one window, or pooled ones).
 
-    The semantics of ``acl-verbatim``'s ``.process()``: tokens whose probability is at
-    least ``threshold`` are evidence; consecutive evidence tokens form a span; spans whose
-    gap is at most ``merge_gap_chars`` characters are merged (the gap becomes part of the
-    span); spans shorter than ``min_span_chars`` characters after merging are dropped.
-    Edges are trimmed of whitespace. A span's score is the mean probability of its
-    evidence tokens. ``span.text == text[span.start:span.end]`` always holds.
+    :func:`extract_window_spans` with a single window: tokens whose probability is at
+    least ``threshold`` are evidence; consecutive evidence tokens form a span from the
+    first token's start to the last token's end, scored by their largest probability;
+    spans whose gap is at most ``merge_gap_chars`` characters merge (the gap becomes
+    part of the span); spans shorter than ``min_span_chars`` characters after merging
+    are dropped. ``span.text == text[span.start:span.end]`` always holds.
 
     Example:
         >>> extract_spans("aaaa bbbb cccc", [(0, 4), (5, 9), (10, 14)], [0.9, 0.1, 0.8],
@@ -256,48 +400,43 @@ def extract_spans(
         [Span(start=0, end=4, text='aaaa', score=0.9),
          Span(start=10, end=14, text='cccc', score=0.8)]
     """
-    if len(offsets) != len(probabilities):
-        raise ValueError("offsets and probabilities must have the same length")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], not {threshold}")
-    if min_span_chars < 0 or merge_gap_chars < 0:
-        raise ValueError("min_span_chars and merge_gap_chars must be >= 0")
-    raw: list[_RawSpan] = []
-    previous_was_evidence = False
-    for (start, end), probability in zip(offsets, probabilities, strict=True):
-        if end <= start:  # tokens without characters (e.g. special) carry no evidence
-            continue
-        if probability >= threshold:
-            if previous_was_evidence and raw:
-                span = raw[-1]
-                span.end = max(span.end, end)
-                span.total += probability
-                span.tokens += 1
-            else:
-                raw.append(_RawSpan(start, end, probability, 1))
-            previous_was_evidence = True
-        else:
-            previous_was_evidence = False
+    return extract_window_spans(
+        text,
+        [(offsets, probabilities)],
+        threshold=threshold,
+        min_span_chars=min_span_chars,
+        merge_gap_chars=merge_gap_chars,
+    )
 
-    merged: list[_RawSpan] = []
-    for span in raw:
-        if merged and span.start - merged[-1].end <= merge_gap_chars:
-            last = merged[-1]
-            last.end = max(last.end, span.end)
-            last.total += span.total
-            last.tokens += span.tokens
-        else:
-            merged.append(_RawSpan(span.start, span.end, span.total, span.tokens))
 
-    spans: list[Span] = []
-    for span in merged:
-        start, end = _trim_whitespace(text, span.start, span.end)
-        if end - start < max(min_span_chars, 1):
-            continue
-        spans.append(
-            Span(start=start, end=end, text=text[start:end], score=span.total / span.tokens)
-        )
-    return spans
+def character_scores(
+    length: int, windows: Sequence[TokenWindow], *, threshold: float
+) -> list[float]:
+    """Each character's evidence score: the largest probability of an evidence token on it.
+
+    Evidence tokens are those with probability at least ``threshold``, in any window;
+    characters no evidence token covers score 0.
+
+    Example:
+        >>> character_scores(5, [([(0, 2), (2, 4)], [0.5, 0.1])], threshold=0.2)
+        [0.5, 0.5, 0.0, 0.0, 0.0]
+    """
+    scores = [0.0] * length
+    for offsets, probabilities in windows:
+        for (start, end), probability in zip(offsets, probabilities, strict=True):
+            if probability >= threshold:
+                for position in range(start, min(end, length)):
+                    if probability > scores[position]:
+                        scores[position] = probability
+    return scores
+
+
+def _trim_whitespace(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
 
 
 # ASCII terminators need following whitespace; CJK full stop, fullwidth ! and ? do not.
@@ -320,28 +459,72 @@ def sentence_ranges(text: str) -> list[tuple[int, int]]:
     return [(a, b) for a, b in trimmed if b > a]
 
 
-def sentence_scores(
-    text: str, offsets: Sequence[tuple[int, int]], probabilities: Sequence[float]
-) -> list[Span]:
-    """Each sentence of ``text`` with the mean evidence probability of its tokens.
+#: acl-verbatim's sentence splitter for per-sentence evidence scores (dot matches newlines).
+HIGHLIGHT_SENTENCE_PATTERN = re.compile(r".+?(?:[.!?]+(?:\s+|$)|\n{2,}|$)", re.DOTALL)
 
-    A token belongs to the sentence it overlaps; sentences without tokens score 0.
+
+def highlight_sentence_ranges(text: str) -> list[tuple[int, int]]:
+    """Character ranges of the sentences a highlighter scores, as acl-verbatim splits them.
+
+    Sentences are the matches of :data:`HIGHLIGHT_SENTENCE_PATTERN` (up to a run of ``.``,
+    ``!`` or ``?`` followed by whitespace or the end, a blank line, or the end), each
+    stripped of surrounding whitespace; blank ones are skipped. Unlike
+    :func:`sentence_ranges` (the CRAG strips' and gold sentences' splitter) it does not
+    split at CJK full stops: the highlighter's sentences are the reference's.
+
+    Example:
+        >>> text = "One. Two!\\n\\nThree 東京です。四"
+        >>> [text[a:b] for a, b in highlight_sentence_ranges(text)]
+        ['One.', 'Two!', 'Three 東京です。四']
     """
-    result: list[Span] = []
-    token = 0
-    count = len(offsets)
-    for start, end in sentence_ranges(text):
-        while token < count and offsets[token][1] <= start:
-            token += 1
-        cursor = token
-        values: list[float] = []
-        while cursor < count and offsets[cursor][0] < end:
-            if offsets[cursor][1] > offsets[cursor][0]:
-                values.append(probabilities[cursor])
-            cursor += 1
-        score = sum(values) / len(values) if values else 0.0
-        result.append(Span(start=start, end=end, text=text[start:end], score=score))
-    return result
+    ranges: list[tuple[int, int]] = []
+    for match in HIGHLIGHT_SENTENCE_PATTERN.finditer(text):
+        sentence = match.group()
+        stripped = sentence.strip()
+        if stripped:
+            start = match.start() + len(sentence) - len(sentence.lstrip())
+            ranges.append((start, start + len(stripped)))
+    return ranges
+
+
+def window_sentence_scores(
+    text: str, windows: Sequence[TokenWindow], *, threshold: float = 0.2
+) -> list[Span]:
+    """Each sentence of ``text`` with its mean character evidence score.
+
+    A character scores the largest probability of the evidence tokens (probability at
+    least ``threshold``, any window) covering it, 0 if none (:func:`character_scores`);
+    a sentence (:func:`highlight_sentence_ranges`) scores the sum of its characters'
+    scores divided by its length, as acl-verbatim's ``.process()`` computes it.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], not {threshold}")
+    scores = character_scores(len(text), windows, threshold=threshold)
+    return [
+        Span(
+            start=start, end=end, text=text[start:end], score=sum(scores[start:end]) / (end - start)
+        )
+        for start, end in highlight_sentence_ranges(text)
+    ]
+
+
+def sentence_scores(
+    text: str,
+    offsets: Sequence[tuple[int, int]],
+    probabilities: Sequence[float],
+    *,
+    threshold: float = 0.2,
+) -> list[Span]:
+    """:func:`window_sentence_scores` of one token sequence (one window, or pooled ones).
+
+    Example:
+        >>> [round(s.score, 2) for s in sentence_scores(
+        ...     "Rain falls. Sun.", [(0, 4), (5, 11), (12, 16)], [0.9, 0.1, 0.4])]
+        [0.33, 0.4]
+    """
+    if len(offsets) != len(probabilities):
+        raise ValueError("offsets and probabilities must have the same length")
+    return window_sentence_scores(text, [(offsets, probabilities)], threshold=threshold)
 
 
 def join_spans(spans: Sequence[Span], separator: str) -> str:

@@ -84,18 +84,29 @@ class SequenceScores:
 class TokenScores:
     """Per-token label probabilities of a token-classification head over one text.
 
-    Only the text's own tokens are listed (the query and special tokens are not). Tokens
-    seen by several overlapping windows carry the mean of their windows' probabilities.
+    Only the text's own tokens are listed (the query and special tokens are not). A text
+    longer than one window is read in overlapping windows; each window's own
+    probabilities are kept as its forward pass gave them (``window_probabilities``), and
+    ``probabilities`` pools them into one sequence by the mean over the windows that read
+    each token.
 
     Attributes:
-        offsets: ``(start, end)`` character offsets of each token in the original text.
-        probabilities: One probability vector (softmax over labels) per token.
+        offsets: ``(start, end)`` character offsets of each token of the text, in text
+            order, each token once (also the tokens several windows read).
+        probabilities: One probability vector (softmax over labels) per token of
+            ``offsets``: the mean over the windows that read it.
         num_windows: How many windows the text was split into.
+        window_ranges: Per window, in text order: the ``(first, stop)`` slice of
+            ``offsets`` holding the tokens that window read (consecutive tokens).
+        window_probabilities: Per window: one probability vector per token of its slice,
+            exactly as that window's forward pass produced it.
     """
 
     offsets: tuple[tuple[int, int], ...]
     probabilities: tuple[tuple[float, ...], ...]
     num_windows: int
+    window_ranges: tuple[tuple[int, int], ...]
+    window_probabilities: tuple[tuple[tuple[float, ...], ...], ...]
 
 
 @dataclass(frozen=True, slots=True)

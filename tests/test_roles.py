@@ -161,6 +161,38 @@ def test_highlighter_thresholds_behave_monotonically(highlighter_path: str) -> N
     assert covered(0.0) >= covered(0.4) >= covered(0.7) >= covered(1.0)
 
 
+def test_window_pooling_only_matters_across_windows(highlighter_path: str) -> None:
+    """'max' (the reference) and 'mean' agree on one-window texts; bad values are refused."""
+    settings = {"threshold": 0.5, "min_span_chars": 1, "return_sentence_scores": True}
+    exact = EvidenceHighlighter(model=highlighter_path, **settings)  # type: ignore[arg-type]
+    averaged = EvidenceHighlighter(
+        model=highlighter_path,
+        window_pooling="mean",
+        **settings,  # type: ignore[arg-type]
+    )
+    assert exact.window_pooling == "max"
+    assert exact.highlight(QUERY, TEXTS) == averaged.highlight(QUERY, TEXTS)
+    with pytest.raises(ValueError, match="window_pooling"):
+        EvidenceHighlighter(model=highlighter_path, window_pooling="median")  # type: ignore[arg-type]
+
+
+def test_default_window_is_the_models_limit_capped_like_the_reference(
+    highlighter_path: str,
+) -> None:
+    """max_length=None reads windows of min(8192, the model's limit) tokens."""
+
+    class SmallCap(EvidenceHighlighter):
+        reference_max_length = 64
+
+    text = " ".join(TEXTS) * 4
+    uncapped = EvidenceHighlighter(model=highlighter_path).highlight(QUERY, [text])[0]
+    capped = SmallCap(model=highlighter_path, doc_stride=16).highlight(QUERY, [text])[0]
+    explicit = EvidenceHighlighter(model=highlighter_path, max_length=64, doc_stride=16)
+    assert EvidenceHighlighter.reference_max_length == 8192
+    assert uncapped.num_windows == 1 and capped.num_windows > 1
+    assert capped == explicit.highlight(QUERY, [text])[0]
+
+
 def test_highlighter_refuses_a_sequence_head(reranker_path: str) -> None:
     """A sequence classifier cannot produce spans."""
     with pytest.raises(IncompatibleModelError, match="token-classification"):
