@@ -2,7 +2,8 @@
 
 A thin dispatcher: each subcommand parses its arguments and calls one function of
 :mod:`crag_integrations.training` (training) or :mod:`crag_integrations.evaluation` (data
-loading and metrics). Results are printed as JSON on stdout; progress goes to stderr.
+loading, metrics, and checkpoints measured through the roles); nothing here touches a model
+directly. Results are printed as JSON on stdout; progress goes to stderr.
 
 Example:
     >>> from crag_integrations.cli import build_parser
@@ -34,6 +35,12 @@ def _add_training_options(parser: argparse.ArgumentParser, *, batch_size: int, l
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_window_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="tokens per window (default: the model's)"
+    )
 
 
 def _add_eval_options(parser: argparse.ArgumentParser) -> None:
@@ -87,14 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="grade counted relevant by MRR/MAP (use 2 for TREC DL passage judgments)",
     )
-    p.add_argument("--max-length", type=int, default=512)
+    _add_window_option(p)
     _add_eval_options(p)
 
     p = sub.add_parser("evaluate-grader", help="accuracy, precision, recall, F1, MCC")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="rows with query, document, label")
     p.add_argument("--positive-label", default=None)
-    p.add_argument("--max-length", type=int, default=512)
+    _add_window_option(p)
     _add_eval_options(p)
 
     p = sub.add_parser("evaluate-highlighter", help="word/span/containment metrics, all rows")
@@ -103,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--merge-gap-chars", type=int, default=20)
     p.add_argument("--min-span-chars", type=int, default=10)
-    p.add_argument("--max-length", type=int, default=512)
+    _add_window_option(p)
     p.add_argument("--stride", type=int, default=128)
     _add_eval_options(p)
     return parser
@@ -206,7 +213,7 @@ def _evaluate_reranker(a: argparse.Namespace) -> dict[str, Any]:
             show_progress=not a.quiet,
         )
     else:
-        from crag_integrations.training import evaluate_reranker
+        from crag_integrations.evaluation.checkpoints import evaluate_reranker
 
         metrics = evaluate_reranker(
             a.model,
@@ -223,7 +230,7 @@ def _evaluate_reranker(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _evaluate_grader(a: argparse.Namespace) -> dict[str, Any]:
-    from crag_integrations.training import evaluate_grader
+    from crag_integrations.evaluation.checkpoints import evaluate_grader
 
     return evaluate_grader(
         a.model,
@@ -237,7 +244,7 @@ def _evaluate_grader(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _evaluate_highlighter(a: argparse.Namespace) -> dict[str, Any]:
-    from crag_integrations.training import evaluate_highlighter
+    from crag_integrations.evaluation.checkpoints import evaluate_highlighter
 
     return evaluate_highlighter(
         a.model,

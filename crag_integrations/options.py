@@ -30,6 +30,7 @@ from crag_integrations.crag import (
 )
 from crag_integrations.pipeline import RerankGradeTrimPipeline
 from crag_integrations.roles import EvidenceHighlighter, RelevanceGrader, Reranker
+from crag_integrations.scoring import WindowPooling
 from crag_integrations.types import NoEvidencePolicy, PipelineResult, ScoreScale
 
 __all__ = [
@@ -197,6 +198,9 @@ class TrimOptions(EngineOptions):
     on_no_evidence: NoEvidencePolicy = _frozen(
         "keep", "'keep' a text without evidence whole, or 'drop' it."
     )
+    window_pooling: WindowPooling = _frozen(
+        "max", "'max': windows read on their own, as the seed's .process(); 'mean': averaged."
+    )
 
     @property
     def role(self) -> EvidenceHighlighter:
@@ -209,6 +213,7 @@ class TrimOptions(EngineOptions):
             merge_gap_chars=self.merge_gap_chars,
             separator=self.separator,
             evidence_labels=self.evidence_labels,
+            window_pooling=self.window_pooling,
         )
 
     @property

@@ -174,7 +174,9 @@ class Highlight:
         spans: Evidence spans in text order, after merging and the minimum-length filter.
         trimmed_text: The spans' texts joined by the highlighter's separator (empty when
             there is no evidence).
-        sentences: Per-sentence mean evidence probability, when asked for, else ``None``.
+        sentences: Per-sentence mean character evidence score (see
+            :func:`crag_integrations.scoring.window_sentence_scores`), when asked for, else
+            ``None``.
         num_windows: Windows used to read the text.
     """
 

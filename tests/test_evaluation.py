@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from crag_integrations.evaluation import (
     sentence_spans,
     span_metrics,
 )
+from crag_integrations.scoring import sentence_ranges
 
 DATA_DIR = Path(
     os.environ.get("CRAG_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data")
@@ -159,6 +162,27 @@ def test_sentence_spans_split_on_sentence_ends() -> None:
         "Why?",
         "Because 3 clouds.",
     ]
+
+
+def test_sentence_spans_are_the_highlighters_sentences() -> None:
+    """One splitter: evaluation's sentences are scoring.sentence_ranges (CJK, blank lines too)."""
+    text = "First one. Second one!\n\nThird 東京です。四番目？ Last\n\nNo stop here\n\n"
+    assert sentence_spans(text) == sentence_ranges(text)
+    assert [text[s:e] for s, e in sentence_spans(text)][-2:] == ["Last", "No stop here"]
+
+
+def test_evaluation_imports_no_torch_and_keeps_its_public_names() -> None:
+    """The metrics and loaders stay importable without torch, under their old names."""
+    code = (
+        "import sys, crag_integrations.evaluation as e;"
+        "heavy = [m for m in ('torch', 'transformers', 'sentence_transformers')"
+        " if m in sys.modules];"
+        "print(','.join(heavy) or 'none', len(e.__all__), callable(e.read_qrels))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["none", "24", "True"]
 
 
 def test_resolve_data_dir_explains_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import inspect
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from crag_integrations import EngineConfig, EvidenceHighlighter, Reranker
+from crag_integrations import EngineConfig, EvidenceHighlighter, RelevanceGrader, Reranker
 from crag_integrations.cli import main
 from crag_integrations.errors import IncompatibleModelError
 from crag_integrations.evaluation import RankingQuery
@@ -18,6 +23,7 @@ from crag_integrations.training import (
     evaluate_highlighter,
     evaluate_reranker,
     load_rows,
+    predict_labels,
     predict_spans,
     score_pairs,
     train_grader,
@@ -128,7 +134,7 @@ def test_highlighter_labels_follow_offsets_and_windows_cover_long_contexts(
 ) -> None:
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from crag_integrations.training import _token_windows
+    from crag_integrations.training.highlighter import _token_windows
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     context = " ".join(d for _, d in PAIRS)
@@ -206,6 +212,107 @@ def test_reranker_evaluation_scores_are_the_rerankers_scores(reranker_path: str)
     )
     got = score_pairs(reranker_path, ["rain?"] * 2, texts, max_length=64, device="cpu")
     assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_highlighter_trains_when_a_long_query_leaves_less_room_than_the_stride(
+    base: Path, tmp_path: Path
+) -> None:
+    """A 40-word query at max_length=64 leaves 21 tokens of text: stride 32 is clamped, as at
+    inference (the tokenizer used to panic: "stride must be strictly less than max_len")."""
+    query = " ".join(["what"] + ["rain"] * 39)
+    context = "Rain forms when water vapor in the atmosphere condenses. " * 8
+    rows = [{"query": query, "context": context, "spans": [[0, 56]]}]
+    summary = train_highlighter(
+        rows, base, tmp_path / "hl", max_length=64, stride=32, max_steps=2, **FAST
+    )
+    assert summary.num_steps == 2 and summary.num_examples > 1
+
+
+def test_highlighter_training_refuses_a_query_that_leaves_no_room(
+    base: Path, tmp_path: Path
+) -> None:
+    rows = [{"query": "rain " * 80, "context": "Rain falls.", "spans": []}]
+    with pytest.raises(ValueError, match=r"row 0: The query is .* no room"):
+        train_highlighter(rows, base, tmp_path / "hl", max_length=64, **FAST)
+
+
+def test_predict_spans_defaults_are_the_highlighters() -> None:
+    """'Exactly as EvidenceHighlighter' includes the defaults (stride is its doc_stride)."""
+    role = {f.name: f.default for f in dataclasses.fields(EvidenceHighlighter)}
+    params = inspect.signature(predict_spans).parameters
+    for name in ("threshold", "merge_gap_chars", "min_span_chars", "max_length"):
+        assert params[name].default == role[name], name
+    assert params["stride"].default == role["doc_stride"]
+
+
+def test_pairs_of_many_queries_come_back_in_input_order_as_the_roles_score_them(
+    checkpoints: dict[str, Path],
+) -> None:
+    """Pairs are grouped by query for the roles, then put back in the caller's order."""
+    queries = ["rain?", "tower?", "rain?", "japan?", "tower?"]
+    texts = [
+        "Rain forms when water vapor condenses. " * 12,
+        "The Eiffel Tower is in Paris.",
+        "Tokyo is the capital of Japan.",
+        "Tokyo is large.",
+        "Photosynthesis converts light.",
+    ]
+    config = EngineConfig(model=str(checkpoints["bert-rerank"]), max_length=48)
+    expected = [
+        Reranker(model=config).score(q, [t])[0] for q, t in zip(queries, texts, strict=True)
+    ]
+    got = score_pairs(checkpoints["bert-rerank"], queries, texts, max_length=48, device="cpu")
+    assert got == pytest.approx(expected, abs=1e-5)
+    osmosis = EngineConfig(model=str(checkpoints["bert-osmosis"]), max_length=48)
+    grader = RelevanceGrader(model=osmosis)
+    labels = [grader.grade(q, [t])[0].label for q, t in zip(queries, texts, strict=True)]
+    predicted = predict_labels(
+        checkpoints["bert-osmosis"], queries, texts, max_length=48, device="cpu"
+    )
+    assert predicted == labels
+
+
+def test_grader_evaluation_uses_the_graders_labels(reranker_path: str, tmp_path: Path) -> None:
+    """A one-logit checkpoint is graded relevant/not_relevant as RelevanceGrader does; labels
+    the grader cannot tell apart need relevant_labels for predict_labels."""
+    rows = [
+        {"query": q, "document": d, "label": ["not_relevant", "relevant"][i % 2]}
+        for i, (q, d) in enumerate(PAIRS)
+    ]
+    metrics = evaluate_grader(reranker_path, rows, device="cpu")
+    assert metrics.average == "binary" and metrics.support == len(PAIRS)
+    three = save_tiny_checkpoint(
+        tmp_path / "three", num_labels=3, id2label={0: "no", 1: "partial", 2: "yes"}, seed=4
+    )
+    with pytest.raises(IncompatibleModelError, match="relevant_labels"):
+        predict_labels(three, ["rain?"], ["Rain falls."], device="cpu")
+    labels = predict_labels(three, ["rain?"], ["Rain falls."], relevant_labels=["yes"])
+    assert labels[0] in {"no", "partial", "yes"}
+
+
+def test_evaluation_also_runs_from_inside_an_event_loop(reranker_path: str) -> None:
+    """A notebook cell runs in an event loop; the sync evaluation functions still work there."""
+    texts = ["Rain falls.", "Tokyo."]
+
+    async def in_a_loop() -> list[float]:
+        return score_pairs(reranker_path, ["rain?"] * 2, texts, device="cpu")
+
+    expected = score_pairs(reranker_path, ["rain?"] * 2, texts, device="cpu")
+    assert asyncio.run(in_a_loop()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_importing_training_loads_no_torch() -> None:
+    """The trainers import torch, transformers and datasets only when they run."""
+    code = (
+        "import sys, crag_integrations.training as t;"
+        "heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'datasets')"
+        " if m in sys.modules];"
+        "print(','.join(heavy) or 'none', len(t.__all__))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["none", "13"]
 
 
 def test_reranker_scores_refuse_a_grader_instead_of_misreading_its_first_logit(

@@ -1,7 +1,7 @@
-"""Offline evaluation: ranking, classification and evidence-span metrics, and data loaders.
+"""Pure ranking, classification and evidence-span metrics over plain lists and mappings.
 
-Everything here is pure Python over plain lists and mappings (no torch, no numpy), so the
-metrics can be checked against hand-computed cases and reused on any model's output.
+No torch, no numpy: every metric can be checked against hand-computed cases and reused on any
+model's output.
 
 Ranking metrics follow ``trec_eval``'s conventions:
 
@@ -29,48 +29,30 @@ Example:
 
 from __future__ import annotations
 
-import ast
-import csv
-import io
-import json
 import math
-import os
 import re
-import zipfile
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from crag_integrations.evaluation.datasets import RankingQuery
 
 __all__ = [
-    "DATA_DIR_ENV",
     "ClassificationMetrics",
     "RankingMetrics",
-    "RankingQuery",
-    "SciFactAbstract",
-    "SciFactClaim",
     "SpanExample",
     "SpanMetrics",
-    "WikiQARow",
-    "XQuADQuestion",
     "average_precision",
     "classification_metrics",
     "dcg_at_k",
     "evaluate_ranking",
-    "load_scifact",
-    "load_trec_dl",
-    "load_wikiqa",
-    "load_xquad",
     "ndcg_at_k",
     "rank_by_scores",
+    "rank_candidates",
     "reciprocal_rank_at_k",
-    "resolve_data_dir",
-    "sentence_spans",
     "span_metrics",
 ]
 
-#: Environment variable naming the folder that holds the shared evaluation data.
-DATA_DIR_ENV = "CRAG_DATA_DIR"
-
+#: A half-open ``(start, end)`` character range.
 Span = tuple[int, int]
 
 # --------------------------------------------------------------------------------------
@@ -98,6 +80,35 @@ def rank_by_scores(doc_ids: Sequence[str], scores: Sequence[float]) -> list[str]
         raise ValueError(f"got {len(doc_ids)} doc ids but {len(scores)} scores")
     order = sorted(range(len(doc_ids)), key=lambda i: -scores[i])
     return [doc_ids[i] for i in order]
+
+
+def rank_candidates(
+    queries: Sequence[RankingQuery], flat_scores: Sequence[float]
+) -> dict[str, list[str]]:
+    """Each query's candidates ranked by their scores (:func:`rank_by_scores`).
+
+    Args:
+        queries: Queries with candidates.
+        flat_scores: One score per candidate, query after query, in candidate order.
+
+    Returns:
+        Query id -> document ids, best first.
+
+    Raises:
+        ValueError: If there are fewer scores than candidates.
+
+    Example:
+        >>> q = RankingQuery("q1", "rain?", ("d1", "d2"), ("Tokyo.", "Rain falls."))
+        >>> rank_candidates([q], [0.1, 0.9])
+        {'q1': ['d2', 'd1']}
+    """
+    rankings: dict[str, list[str]] = {}
+    offset = 0
+    for q in queries:
+        n = len(q.doc_ids)
+        rankings[q.qid] = rank_by_scores(list(q.doc_ids), list(flat_scores[offset : offset + n]))
+        offset += n
+    return rankings
 
 
 def dcg_at_k(gains: Sequence[float], k: int) -> float:
@@ -565,27 +576,6 @@ def span_metrics(
     )
 
 
-def sentence_spans(text: str) -> list[Span]:
-    """Split ``text`` into sentence character spans (a simple ``.``/``!``/``?`` splitter).
-
-    Used to turn an answer offset into its answer sentence for highlighter training data.
-
-    Args:
-        text: The context.
-
-    Returns:
-        Half-open spans covering each sentence without surrounding whitespace.
-    """
-    spans: list[Span] = []
-    for match in re.finditer(r"\S.*?(?:[.!?](?=\s+[A-Z0-9\"'(\[])|$)", text, flags=re.DOTALL):
-        start, end = match.start(), match.end()
-        while end > start and text[end - 1].isspace():
-            end -= 1
-        if end > start:
-            spans.append((start, end))
-    return spans
-
-
 def _merge(spans: Sequence[Span], limit: int) -> list[Span]:
     clipped = sorted((max(0, s), min(limit, e)) for s, e in spans if min(limit, e) > max(0, s))
     merged: list[Span] = []
@@ -649,292 +639,3 @@ def _dedupe(ranking: Sequence[str]) -> list[str]:
 def _check_k(k: int) -> None:
     if k < 1:
         raise ValueError(f"k must be a positive cut-off, got {k}")
-
-
-# --------------------------------------------------------------------------------------
-# Loaders for the shared data formats
-# --------------------------------------------------------------------------------------
-
-
-def resolve_data_dir(path: str | os.PathLike[str] | None = None) -> Path:
-    """The evaluation-data folder: ``path`` if given, else ``$CRAG_DATA_DIR``.
-
-    Args:
-        path: Explicit folder.
-
-    Returns:
-        The folder as a ``Path``.
-
-    Raises:
-        FileNotFoundError: If neither is given or the folder does not exist.
-    """
-    chosen = path if path is not None else os.environ.get(DATA_DIR_ENV)
-    if not chosen:
-        raise FileNotFoundError(
-            f"no data folder given: pass a path or set {DATA_DIR_ENV} (e.g. ../shared/data)"
-        )
-    folder = Path(chosen)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"data folder {folder} does not exist")
-    return folder
-
-
-def _resolve_file(path: str | os.PathLike[str] | None, default_relative: str) -> Path:
-    if path is not None and Path(path).is_file():
-        return Path(path)
-    folder = resolve_data_dir(path)
-    candidate = folder / default_relative
-    if candidate.is_file():
-        return candidate
-    nested = folder / Path(default_relative).name
-    if nested.is_file():
-        return nested
-    raise FileNotFoundError(f"{candidate} not found")
-
-
-@dataclass(frozen=True)
-class RankingQuery:
-    """A query with its candidate passages, in first-stage (e.g. BM25) order.
-
-    Attributes:
-        qid: Query id as in the qrels.
-        query: Query text.
-        doc_ids: Candidate document ids, first-stage order.
-        texts: Candidate texts, parallel to ``doc_ids``.
-    """
-
-    qid: str
-    query: str
-    doc_ids: tuple[str, ...]
-    texts: tuple[str, ...]
-
-
-def load_trec_dl(
-    path: str | os.PathLike[str] | None = None, *, split: str = "trec-dl19"
-) -> tuple[list[RankingQuery], dict[str, dict[str, int]]]:
-    """Load a TREC DL folder (``bm25_top100.json`` + ``qrels.txt``).
-
-    Args:
-        path: The split's folder, or the data folder holding ``split``; defaults to
-            ``$CRAG_DATA_DIR/<split>``.
-        split: Sub-folder name used when ``path`` is the data folder.
-
-    Returns:
-        The queries with their candidates in BM25 order, and the qrels
-        (query id -> doc id -> grade).
-    """
-    folder = resolve_data_dir(path)
-    if not (folder / "bm25_top100.json").is_file():
-        folder = folder / split
-    with (folder / "bm25_top100.json").open(encoding="utf-8") as handle:
-        raw = json.load(handle)
-    queries = []
-    for entry in raw:
-        hits = sorted(entry["hits"], key=lambda h: int(h["rank"]))
-        if not hits:
-            continue
-        queries.append(
-            RankingQuery(
-                qid=str(hits[0]["qid"]),
-                query=str(entry["query"]),
-                doc_ids=tuple(str(h["docid"]) for h in hits),
-                texts=tuple(str(h["content"]) for h in hits),
-            )
-        )
-    return queries, read_qrels(folder / "qrels.txt")
-
-
-def read_qrels(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
-    """Read a TREC qrels file (``qid iteration docid grade`` per line).
-
-    Args:
-        path: The file.
-
-    Returns:
-        Query id -> doc id -> grade.
-    """
-    qrels: dict[str, dict[str, int]] = {}
-    with Path(path).open(encoding="utf-8") as handle:
-        for line in handle:
-            parts = line.split()
-            if len(parts) < 4:
-                continue
-            qrels.setdefault(parts[0], {})[parts[2]] = int(parts[3])
-    return qrels
-
-
-@dataclass(frozen=True)
-class XQuADQuestion:
-    """A SQuAD-format question with its paragraph and answer character spans.
-
-    Attributes:
-        qid: Question id.
-        question: Question text.
-        context: The paragraph that answers it.
-        answers: Answer ``(start, end)`` spans in ``context``.
-        title: Article title (paragraphs of one article are natural hard negatives).
-        paragraph_index: Index of the paragraph within the article.
-    """
-
-    qid: str
-    question: str
-    context: str
-    answers: tuple[Span, ...]
-    title: str
-    paragraph_index: int
-
-
-def load_xquad(path: str | os.PathLike[str] | None = None) -> list[XQuADQuestion]:
-    """Load ``xquad.en.json`` (SQuAD v1.1 format).
-
-    Args:
-        path: The json file, or a data folder holding ``xquad/xquad.en.json``.
-
-    Returns:
-        One entry per question.
-    """
-    file = _resolve_file(path, "xquad/xquad.en.json")
-    with file.open(encoding="utf-8") as handle:
-        raw = json.load(handle)
-    questions = []
-    for article in raw["data"]:
-        for p_index, paragraph in enumerate(article["paragraphs"]):
-            context = paragraph["context"]
-            for qa in paragraph["qas"]:
-                spans = tuple(
-                    (int(a["answer_start"]), int(a["answer_start"]) + len(a["text"]))
-                    for a in qa["answers"]
-                )
-                questions.append(
-                    XQuADQuestion(
-                        qid=str(qa["id"]),
-                        question=str(qa["question"]),
-                        context=context,
-                        answers=spans,
-                        title=str(article["title"]),
-                        paragraph_index=p_index,
-                    )
-                )
-    return questions
-
-
-@dataclass(frozen=True)
-class WikiQARow:
-    """One WikiQA question-sentence pair.
-
-    Attributes:
-        question_id: Question id (rows of one question share it).
-        question: Question text.
-        sentence: Candidate answer sentence.
-        label: 1 if the sentence answers the question, else 0.
-    """
-
-    question_id: str
-    question: str
-    sentence: str
-    label: int
-
-
-def load_wikiqa(path: str | os.PathLike[str] | None = None) -> list[WikiQARow]:
-    """Load ``WikiQA-test.tsv``.
-
-    Args:
-        path: The tsv file, or a data folder holding ``wikiqa/WikiQA-test.tsv``.
-
-    Returns:
-        The rows in file order.
-    """
-    file = _resolve_file(path, "wikiqa/WikiQA-test.tsv")
-    with file.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        return [
-            WikiQARow(
-                question_id=row["QuestionID"],
-                question=row["Question"],
-                sentence=row["Sentence"],
-                label=int(row["Label"]),
-            )
-            for row in reader
-        ]
-
-
-@dataclass(frozen=True)
-class SciFactAbstract:
-    """A SciFact corpus abstract.
-
-    Attributes:
-        doc_id: Document id.
-        title: Title.
-        sentences: Abstract sentences (rationale indices point into them).
-    """
-
-    doc_id: str
-    title: str
-    sentences: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class SciFactClaim:
-    """A SciFact claim with its evidence.
-
-    Attributes:
-        claim_id: Claim id.
-        claim: Claim text.
-        evidence: Doc id -> rationale sentence indices (empty for claims without evidence).
-        cited_doc_ids: Documents the claim cites (evidence or not).
-    """
-
-    claim_id: str
-    claim: str
-    evidence: Mapping[str, tuple[int, ...]]
-    cited_doc_ids: tuple[str, ...]
-
-
-# The CSVs store numpy array reprs ("['a' 'b']", "[1 2]"), which are not Python literals.
-_INT = re.compile(r"-?\d+")
-_PY_STRING = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", flags=re.DOTALL)
-
-
-def load_scifact(
-    path: str | os.PathLike[str] | None = None,
-) -> tuple[dict[str, SciFactAbstract], dict[str, list[SciFactClaim]]]:
-    """Load the SciFact CSVs from ``scifact.zip``.
-
-    Args:
-        path: The zip file, or a data folder holding ``scifact/scifact.zip``.
-
-    Returns:
-        The corpus (doc id -> abstract) and the claims per split (``"train"``,
-        ``"validation"``, ``"test"``), with the per-document rows of a claim merged.
-    """
-    file = _resolve_file(path, "scifact/scifact.zip")
-    with zipfile.ZipFile(file) as archive:
-        corpus = {}
-        for row in _zip_csv(archive, "corpus_train.csv"):
-            sentences = tuple(ast.literal_eval(s) for s in _PY_STRING.findall(row["abstract"]))
-            corpus[row["doc_id"]] = SciFactAbstract(row["doc_id"], row["title"], sentences)
-        splits: dict[str, list[SciFactClaim]] = {}
-        for split in ("train", "validation", "test"):
-            name = f"claims_{split}.csv"
-            if name not in archive.namelist():
-                continue
-            merged: dict[str, tuple[str, dict[str, tuple[int, ...]], tuple[str, ...]]] = {}
-            for row in _zip_csv(archive, name):
-                claim = merged.setdefault(
-                    row["id"],
-                    (row["claim"], {}, tuple(_INT.findall(row["cited_doc_ids"]))),
-                )
-                indices = {int(i) for i in _INT.findall(row["evidence_sentences"])}
-                if row["evidence_doc_id"]:
-                    previous = claim[1].get(row["evidence_doc_id"], ())
-                    claim[1][row["evidence_doc_id"]] = tuple(sorted({*previous, *indices}))
-            splits[split] = [
-                SciFactClaim(cid, text, evidence, cited)
-                for cid, (text, evidence, cited) in merged.items()
-            ]
-    return corpus, splits
-
-
-def _zip_csv(archive: zipfile.ZipFile, name: str) -> list[dict[str, str]]:
-    with archive.open(name) as raw:
-        return list(csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline="")))

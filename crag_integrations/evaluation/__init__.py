@@ -1,0 +1,77 @@
+"""Offline evaluation: pure metrics, loaders of the shared data, and checkpoint measurement.
+
+* :mod:`~crag_integrations.evaluation.metrics`: ranking (``trec_eval`` conventions),
+  classification and all-row evidence-span metrics, pure Python over plain lists.
+* :mod:`~crag_integrations.evaluation.datasets`: TREC DL, XQuAD, WikiQA and SciFact loaders
+  (``$CRAG_DATA_DIR``), and the reader of your own rows that training shares.
+* :mod:`~crag_integrations.evaluation.checkpoints`: run a checkpoint through the roles and
+  score it (``evaluate_reranker``, ``evaluate_grader``, ...; also importable from
+  :mod:`crag_integrations.training`).
+
+Importing this package loads no torch and no model.
+
+Example:
+    >>> qrels = {"q1": {"d1": 3, "d2": 0, "d3": 1}}
+    >>> result = evaluate_ranking({"q1": ["d3", "d1", "d9"]}, qrels, k=10)
+    >>> round(result.ndcg, 4), result.mrr, result.num_queries
+    (0.7967, 1.0, 1)
+"""
+
+from crag_integrations.evaluation.datasets import (
+    DATA_DIR_ENV,
+    RankingQuery,
+    SciFactAbstract,
+    SciFactClaim,
+    WikiQARow,
+    XQuADQuestion,
+    load_scifact,
+    load_trec_dl,
+    load_wikiqa,
+    load_xquad,
+    resolve_data_dir,
+    sentence_spans,
+)
+from crag_integrations.evaluation.datasets import (
+    read_qrels as read_qrels,  # public before the split, though never in __all__
+)
+from crag_integrations.evaluation.metrics import (
+    ClassificationMetrics,
+    RankingMetrics,
+    SpanExample,
+    SpanMetrics,
+    average_precision,
+    classification_metrics,
+    dcg_at_k,
+    evaluate_ranking,
+    ndcg_at_k,
+    rank_by_scores,
+    reciprocal_rank_at_k,
+    span_metrics,
+)
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "ClassificationMetrics",
+    "RankingMetrics",
+    "RankingQuery",
+    "SciFactAbstract",
+    "SciFactClaim",
+    "SpanExample",
+    "SpanMetrics",
+    "WikiQARow",
+    "XQuADQuestion",
+    "average_precision",
+    "classification_metrics",
+    "dcg_at_k",
+    "evaluate_ranking",
+    "load_scifact",
+    "load_trec_dl",
+    "load_wikiqa",
+    "load_xquad",
+    "ndcg_at_k",
+    "rank_by_scores",
+    "reciprocal_rank_at_k",
+    "resolve_data_dir",
+    "sentence_spans",
+    "span_metrics",
+]
