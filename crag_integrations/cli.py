@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from crag_integrations.errors import IncompatibleModelError, ModelUnavailableError
+from crag_integrations.errors import DataError, IncompatibleModelError, ModelUnavailableError
 
 __all__ = ["build_parser", "main"]
 
@@ -276,13 +276,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name; defaults to ``sys.argv[1:]``.
 
     Returns:
-        The exit status: 0 on success, 2 when the model is missing or of the wrong kind
-        (the reason goes to standard error, without a traceback).
+        The exit status: 0 on success, 2 when the model is missing or of the wrong kind, or
+        the data cannot be used (missing file, unknown type, missing column): the reason goes
+        to standard error as one line, without a traceback.
     """
     args = build_parser().parse_args(argv)
     try:
         result = _COMMANDS[args.command](args)
-    except (ModelUnavailableError, IncompatibleModelError) as exc:
+    except (ModelUnavailableError, IncompatibleModelError, DataError, FileNotFoundError) as exc:
         print(f"crag-integrations {args.command}: error: {exc}", file=sys.stderr)
         return 2
     json.dump(result, sys.stdout, indent=2, sort_keys=True)

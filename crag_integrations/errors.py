@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["IncompatibleModelError", "ModelUnavailableError"]
+__all__ = ["DataError", "IncompatibleModelError", "ModelUnavailableError"]
 
 
 class ModelUnavailableError(OSError):
@@ -15,3 +15,9 @@ class ModelUnavailableError(OSError):
 
 class IncompatibleModelError(ValueError):
     """A checkpoint's head does not fit the role that was asked to use it."""
+
+
+class DataError(ValueError):
+    """Rows given for training, evaluation or scoring cannot be used as they are: a missing
+    or unreadable file, an unknown file type, a missing column, an invalid cell. The
+    message names the file, row or column and what was expected."""

@@ -390,3 +390,24 @@ def test_cli_reports_a_missing_or_wrong_model_without_a_traceback(
     assert status == 2
     error = capsys.readouterr().err
     assert "evaluate-highlighter: error:" in error and "token-classification" in error
+
+
+def test_cli_reports_bad_data_in_one_line_with_status_2(
+    checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing data file, a wrong column or a broken JSON line: one line on stderr naming
+    the problem, exit status 2, no traceback."""
+    grader = str(checkpoints["bert-binary"])
+    missing = str(tmp_path / "no-such-rows.jsonl")
+    assert main(["evaluate-grader", "--model", grader, "--data", missing, "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "no-such-rows.jsonl" in error and "Traceback" not in error
+    assert len(error.strip().splitlines()) == 1
+    wrong = str(_write_jsonl(tmp_path / "wrong.jsonl", [{"question": "q", "passage": "p"}]))
+    assert main(["evaluate-grader", "--model", grader, "--data", wrong, "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "missing" in error and "query" in error and len(error.strip().splitlines()) == 1
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"query": "q", "document": "d", "label": 1}\n{not json\n', encoding="utf-8")
+    assert main(["evaluate-grader", "--model", grader, "--data", str(broken), "--quiet"]) == 2
+    assert "line 2" in capsys.readouterr().err

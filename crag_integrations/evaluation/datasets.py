@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crag_integrations.errors import DataError
 from crag_integrations.scoring import sentence_ranges
 
 __all__ = [
@@ -385,43 +386,58 @@ def load_rows(source: DataSource) -> list[Row]:
         The rows as plain dicts.
 
     Raises:
-        ValueError: If the file type is unknown or the source is empty.
+        DataError: If the file is missing, of an unknown type, not valid JSON, or empty (a
+            ``ValueError``).
     """
     rows: list[Row]
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            with path.open(encoding="utf-8") as handle:
-                rows = [json.loads(line) for line in handle if line.strip()]
-        elif suffix == ".json":
-            with path.open(encoding="utf-8") as handle:
-                loaded = json.load(handle)
-            rows = list(loaded) if isinstance(loaded, list) else list(loaded["data"])
-        elif suffix in {".csv", ".tsv"}:
-            with path.open(encoding="utf-8", newline="") as handle:
-                reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
-                rows = [{k: _decode_cell(v) for k, v in row.items()} for row in reader]
-        elif suffix == ".parquet":
-            import pyarrow.parquet as pq  # type: ignore[import-untyped]  # pyarrow ships no stubs
-
-            rows = pq.read_table(path).to_pylist()
-        else:
-            raise ValueError(
-                f"unknown data file type {suffix!r}; use .jsonl, .json, .csv or .parquet"
-            )
+        rows = _read_file(Path(source))
     elif _is_dataset_dict(source):
         splits: Any = source
         rows = [dict(r) for r in splits["train"]]
     else:
         rows = [dict(r) for r in source]
     if not rows:
-        raise ValueError("the training/evaluation data is empty")
+        raise DataError("the training/evaluation data is empty")
     return rows
 
 
+def _read_file(path: Path) -> list[Row]:
+    suffix = path.suffix.lower()
+    if suffix not in {".jsonl", ".json", ".csv", ".tsv", ".parquet"}:
+        raise DataError(f"unknown data file type {suffix!r}; use .jsonl, .json, .csv or .parquet")
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist (or is not a file)")
+    if suffix == ".jsonl":
+        rows = []
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}, line {number}: not JSON ({error.msg})") from error
+        return rows
+    if suffix == ".json":
+        with path.open(encoding="utf-8") as handle:
+            try:
+                loaded = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}: not JSON ({error})") from error
+        return list(loaded) if isinstance(loaded, list) else list(loaded["data"])
+    if suffix in {".csv", ".tsv"}:
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
+            return [{k: _decode_cell(v) for k, v in row.items()} for row in reader]
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]  # pyarrow ships no stubs
+
+    rows_: list[Row] = pq.read_table(path).to_pylist()
+    return rows_
+
+
 def require_columns(rows: Sequence[Row], columns: Iterable[str], what: str) -> None:
-    """Raise ``ValueError`` naming the missing columns when the first row lacks any of them.
+    """Raise :class:`DataError` naming the missing columns when the first row lacks any.
 
     Args:
         rows: Rows from :func:`load_rows` (non-empty).
@@ -431,7 +447,7 @@ def require_columns(rows: Sequence[Row], columns: Iterable[str], what: str) -> N
     wanted = list(columns)
     missing = [c for c in wanted if c not in rows[0]]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{what} needs columns {sorted(wanted)}; missing {missing} (have {sorted(rows[0])})"
         )
 
@@ -447,14 +463,14 @@ def parse_span(value: Any, limit: int) -> tuple[int, int]:
         ``(start, end)`` with ``0 <= start < end <= limit``.
 
     Raises:
-        ValueError: The span is empty or reaches outside the text.
+        DataError: The span is empty or reaches outside the text.
     """
     if isinstance(value, Mapping):
         start, end = int(value["start"]), int(value["end"])
     else:
         start, end = int(value[0]), int(value[1])
     if not 0 <= start < end <= limit:
-        raise ValueError(f"span {value!r} is outside the context of {limit} characters")
+        raise DataError(f"span {value!r} is outside the context of {limit} characters")
     return start, end
 
 
