@@ -250,7 +250,8 @@ class RerankGradeTrimPipeline:
 def action_scores(result: PipelineResult) -> list[float]:
     """The relevance probabilities a CRAG action should be decided on, for one pipeline run.
 
-    When a grader ran: the grade probability of every text it graded (kept or dropped).
+    In input order. When a grader ran: the grade probability of every text it graded (kept
+    or dropped).
     Otherwise, when a reranker ran: the reranker probability (sigmoid of the logit) of every
     text, since the reranker scores all texts before its cut. With neither, an empty list
     (and :func:`crag_integrations.crag.decide_action` then says ``"incorrect"``).
@@ -260,6 +261,7 @@ def action_scores(result: PipelineResult) -> list[float]:
         []
     """
     items: list[ProcessedText | DroppedText] = [*result.kept, *result.dropped]
+    items.sort(key=lambda item: item.index)  # input order, whatever order the stages kept
     grades = [item.grade.probability for item in items if item.grade is not None]
     if grades:
         return grades

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grader", help="relevance classifier (dir or hub id)")
     parser.add_argument("--highlighter", help="token evidence classifier (dir or hub id)")
     parser.add_argument("--query", default="what causes rain?")
-    parser.add_argument("--top-n", type=int, default=3)
+    parser.add_argument("--top-n", type=int, default=3, help="documents the reranker keeps")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'mps', ...")
     parser.add_argument(
         "--action-upper",
         type=float,
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         CragCompressor,
         CrossEncoderRerank,
         EvidenceTrimmer,
-        RelevanceGraderFilter,
+        RelevanceFilter,
     )
 
     class PrintEvents(BaseCallbackHandler):
@@ -126,12 +127,18 @@ def main(argv: list[str] | None = None) -> int:
         grade_threshold = 0.2 if args.demo else 0.5
     # The CRAG action needs relevance scores: a reranker or a grader (not a highlighter alone).
     scored = bool(reranker or grader)
+    device = args.device
+    # One nested stage per model, configured as the single-stage compressor would be.
     compressor = CragCompressor(
-        reranker=CrossEncoderRerank(model=reranker, top_n=args.top_n) if reranker else None,
-        relevance_filter=RelevanceGraderFilter(model=grader, threshold=grade_threshold)
+        reranker=CrossEncoderRerank(model=reranker, top_n=args.top_n, device=device)
+        if reranker
+        else None,
+        relevance_filter=RelevanceFilter(model=grader, threshold=grade_threshold, device=device)
         if grader
         else None,
-        trimmer=EvidenceTrimmer(model=highlighter, on_no_evidence="keep") if highlighter else None,
+        trimmer=EvidenceTrimmer(model=highlighter, on_no_evidence="keep", device=device)
+        if highlighter
+        else None,
         action_upper=args.action_upper if scored else None,
         action_lower=args.action_lower if scored else None,
     )

@@ -30,7 +30,10 @@ from llama_index.core.schema import NodeWithScore, TextNode
 from crag_integrations.llama_index import (
     CragEvaluatorPostprocessor,
     CragPostprocessor,
+    CrossEncoderRerank,
+    EvidenceTrimmer,
     KnowledgeRefinerTrimmer,
+    RelevanceFilter,
 )
 
 PASSAGES = (
@@ -54,17 +57,25 @@ def demo_models(directory: Path) -> tuple[str, str, str]:
     return str(reranker), str(grader), str(highlighter)
 
 
-def run(query: str, reranker: str | None, grader: str | None, highlighter: str | None) -> None:
+def run(
+    query: str,
+    reranker: str | None,
+    grader: str | None,
+    highlighter: str | None,
+    device: str = "auto",
+) -> None:
     """Query a small in-memory index through the CRAG postprocessor, sync and async."""
     nodes = [TextNode(id_=f"passage-{i}", text=text) for i, text in enumerate(PASSAGES)]
     index = VectorStoreIndex(nodes, embed_model=MockEmbedding(embed_dim=8))
+    # One nested stage per model, configured as the single-stage postprocessor would be.
     crag = CragPostprocessor(
-        reranker_model=reranker,
-        grader_model=grader,
-        highlighter_model=highlighter,
-        top_n=3,
-        relevance_threshold=0.5,
-        min_span_chars=5,
+        reranker=CrossEncoderRerank(model=reranker, top_n=3, device=device) if reranker else None,
+        relevance_filter=RelevanceFilter(model=grader, threshold=0.5, device=device)
+        if grader
+        else None,
+        trimmer=EvidenceTrimmer(model=highlighter, min_span_chars=5, device=device)
+        if highlighter
+        else None,
         # The CRAG action needs relevance scores: a reranker or a grader.
         action_upper=0.6 if (reranker or grader) else None,
         action_lower=0.2 if (reranker or grader) else None,
@@ -91,13 +102,15 @@ def run(query: str, reranker: str | None, grader: str | None, highlighter: str |
 
     scorer = grader or reranker
     if scorer is not None:
-        branch_on_action(query, retrieved, scorer)
+        branch_on_action(query, retrieved, scorer, device)
 
 
-def branch_on_action(query: str, retrieved: list[NodeWithScore], scorer: str) -> None:
+def branch_on_action(
+    query: str, retrieved: list[NodeWithScore], scorer: str, device: str = "auto"
+) -> None:
     """The CRAG evaluator's action, then knowledge refinement, as an agent would branch."""
-    evaluator = CragEvaluatorPostprocessor(model=scorer, upper=0.6, lower=0.2)
-    refiner = KnowledgeRefinerTrimmer(model=scorer, threshold=0.5)
+    evaluator = CragEvaluatorPostprocessor(model=scorer, upper=0.6, lower=0.2, device=device)
+    refiner = KnowledgeRefinerTrimmer(model=scorer, threshold=0.5, device=device)
     graded = evaluator.process(retrieved, query_str=query)
     print(f"CRAG evaluator: action={graded.action}")
     for node in graded.kept:
@@ -122,6 +135,7 @@ def main() -> None:
     parser.add_argument("--grader", help="relevance classifier (hub id or path)")
     parser.add_argument("--highlighter", help="token classifier (hub id or path)")
     parser.add_argument("--query", default="What causes rain?")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'mps', ...")
     args = parser.parse_args()
 
     if args.demo:
@@ -130,11 +144,11 @@ def main() -> None:
         print("this only shows the plumbing. Pass --reranker/--grader/--highlighter for real.")
         print("=" * 78)
         with tempfile.TemporaryDirectory() as tmp:
-            run(args.query, *demo_models(Path(tmp)))
+            run(args.query, *demo_models(Path(tmp)), device=args.device)
         return
     if not (args.reranker or args.grader or args.highlighter):
         parser.error("give --demo, or at least one of --reranker, --grader, --highlighter")
-    run(args.query, args.reranker, args.grader, args.highlighter)
+    run(args.query, args.reranker, args.grader, args.highlighter, device=args.device)
 
 
 if __name__ == "__main__":

@@ -271,3 +271,24 @@ def test_scored_texts_are_read_by_the_relevance_stages_and_spans_by_the_highligh
     assert [k.output_text for k in result.kept] == [TEXTS[r.index] for r in expected]
     with pytest.raises(ValueError, match="one each"):
         pipeline.run(QUERY, TEXTS, scored_texts=scored[:1])
+
+
+def test_action_scores_are_in_input_order_whatever_the_stages_kept() -> None:
+    """The scores an action is decided on come in input order (kept in rerank order and
+    dropped items interleave by index), graded items only when a grader ran."""
+    from crag_integrations.pipeline import action_scores
+    from crag_integrations.types import PipelineResult
+
+    def ranked(index: int, probability: float) -> RankedText:
+        return RankedText(index=index, text="t", score=0.0, probability=probability, num_windows=1)
+
+    kept = (
+        ProcessedText(index=2, text="t", output_text="t", ranked=ranked(2, 0.9)),
+        ProcessedText(index=0, text="t", output_text="t", ranked=ranked(0, 0.7)),
+    )
+    dropped = (DroppedText(index=1, text="t", reason="below_top_n", ranked=ranked(1, 0.1)),)
+    assert action_scores(PipelineResult(kept=kept, dropped=dropped)) == [0.7, 0.1, 0.9]
+    graded = (
+        ProcessedText(index=1, text="t", output_text="t", ranked=ranked(1, 0.5), grade=GRADE),
+    )
+    assert action_scores(PipelineResult(kept=graded, dropped=dropped)) == [GRADE.probability]

@@ -123,12 +123,6 @@ class _Compressor(BaseDocumentCompressor):
 
         def stage(self) -> Stage: ...
 
-    def _result(self, documents: Sequence[Document], query: str) -> PipelineResult:
-        return self.stage().run(query, [d.page_content for d in documents])
-
-    async def _aresult(self, documents: Sequence[Document], query: str) -> PipelineResult:
-        return await self.stage().arun(query, [d.page_content for d in documents])
-
     def _compress(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None
     ) -> tuple[list[Document], PipelineResult]:
