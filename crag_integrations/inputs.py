@@ -10,6 +10,10 @@ Documented behaviour (tested):
 - An empty list returns an empty result without loading or calling a model.
 - An empty or whitespace-only text is valid: it is scored by the model like any other
   string (models score it low), and it never contains evidence spans.
+- A query or text that cannot be encoded as UTF-8 (a lone surrogate such as ``"\ud800"``,
+  which is a valid Python ``str``) is rejected with ``ValueError`` naming it and the
+  position of the first bad character; it is never replaced or dropped silently. Every
+  other code point (NUL, controls, right-to-left marks, combining marks, emoji) is valid.
 - A ``dict`` (whose keys would be scored) or a ``set`` (which has no order to keep) is
   rejected with ``TypeError`` saying what to pass instead.
 - Settings are checked by type as well as by range when a role is built: a count
@@ -43,7 +47,20 @@ def check_query(query: object) -> str:
         raise TypeError(f"query must be a str, not {type(query).__name__}")
     if not query.strip():
         raise ValueError("query is empty or whitespace-only; there is nothing to score against")
+    _check_encodable("query", query)
     return query
+
+
+def _check_encodable(name: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = text[error.start]
+        raise ValueError(
+            f"{name} cannot be encoded as UTF-8: U+{ord(bad):04X} at position {error.start} is "
+            "a lone surrogate (often the result of decoding bytes with errors='surrogateescape' "
+            "or of a broken JSON escape); fix or drop it before scoring"
+        ) from None
 
 
 def check_texts(texts: object) -> list[str]:
@@ -66,6 +83,7 @@ def check_texts(texts: object) -> list[str]:
     for index, text in enumerate(result):
         if not isinstance(text, str):
             raise TypeError(f"texts[{index}] must be a str, not {type(text).__name__}")
+        _check_encodable(f"texts[{index}]", text)
     return result
 
 
