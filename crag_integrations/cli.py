@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from crag_integrations.engine.progress import disable_progress_bars
 from crag_integrations.errors import DataError, IncompatibleModelError, ModelUnavailableError
 
 __all__ = ["build_parser", "main"]
@@ -281,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         to standard error as one line, without a traceback.
     """
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        disable_progress_bars()
     try:
         result = _COMMANDS[args.command](args)
     except (ModelUnavailableError, IncompatibleModelError, DataError, FileNotFoundError) as exc:

@@ -411,3 +411,26 @@ def test_cli_reports_bad_data_in_one_line_with_status_2(
     broken.write_text('{"query": "q", "document": "d", "label": 1}\n{not json\n', encoding="utf-8")
     assert main(["evaluate-grader", "--model", grader, "--data", str(broken), "--quiet"]) == 2
     assert "line 2" in capsys.readouterr().err
+
+
+def test_cli_quiet_silences_the_weight_loading_bar(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    """--quiet leaves stderr free of the transformers weight-loading bar that a run without
+    it prints (so this test can tell the two apart)."""
+    import os
+    import subprocess
+    import sys
+
+    rows = [{"query": q, "document": d, "label": i % 2} for i, (q, d) in enumerate(PAIRS)]
+    data = str(_write_jsonl(tmp_path / "g.jsonl", rows))
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    command = [sys.executable, "-m", "crag_integrations.cli", "evaluate-grader"]
+    command += ["--model", str(checkpoints["bert-binary"]), "--data", data]
+    loud = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    quiet = subprocess.run(
+        [*command, "--quiet"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert loud.returncode == quiet.returncode == 0, (loud.stderr, quiet.stderr)
+    assert "Loading weights" in loud.stderr
+    assert "Loading weights" not in quiet.stderr
