@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from crag_integrations.corpus import add_score_arguments, score_from_args
 from crag_integrations.engine.progress import disable_progress_bars
 from crag_integrations.errors import DataError, IncompatibleModelError, ModelUnavailableError
 
@@ -114,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_window_option(p)
     p.add_argument("--stride", type=int, default=128)
     _add_eval_options(p)
+    p = sub.add_parser("score", help="score (query, text) rows: rerank, grade or highlight")
+    add_score_arguments(p)
     return parser
 
 
@@ -260,6 +263,15 @@ def _evaluate_highlighter(a: argparse.Namespace) -> dict[str, Any]:
     ).as_dict()
 
 
+def _score(a: argparse.Namespace) -> dict[str, Any]:
+    scorer = None
+    if a.ray is not None:
+        from crag_integrations.ray import RayRowScorer  # only when asked: Ray is an extra
+
+        scorer = RayRowScorer.from_args(a)
+    return score_from_args(a, scorer=scorer)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "train-reranker": _train_reranker,
     "train-grader": _train_grader,
@@ -267,6 +279,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "evaluate-reranker": _evaluate_reranker,
     "evaluate-grader": _evaluate_grader,
     "evaluate-highlighter": _evaluate_highlighter,
+    "score": _score,
 }
 
 

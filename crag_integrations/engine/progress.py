@@ -16,10 +16,10 @@ def disable_progress_bars() -> None:
     """
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     if "huggingface_hub" in sys.modules:
-        from huggingface_hub.utils import disable_progress_bars as disable_hub_bars
+        import huggingface_hub
 
-        disable_hub_bars()
+        huggingface_hub.disable_progress_bars()
     if "transformers" in sys.modules:
         import transformers
 
-        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
