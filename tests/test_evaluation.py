@@ -129,7 +129,7 @@ def test_span_metrics_count_predictions_on_irrelevant_rows_as_false_positives() 
     assert m.word_recall == 1.0
     assert m.span_f1[0.5] == pytest.approx(2 * 0.5 * 1 / 1.5)
     assert m.num_rows == 2 and m.num_gold_spans == 1 and m.num_predicted_spans == 2
-    assert m.over_prediction_ratio == pytest.approx(17 / 10)
+    assert m.over_prediction_ratio == 2.0  # 2 predicted spans / 1 gold span
 
 
 def test_span_iou_and_containment_thresholds() -> None:
@@ -137,9 +137,10 @@ def test_span_iou_and_containment_thresholds() -> None:
     row = SpanExample("0123456789 tail words", gold=[(0, 10)], predicted=[(0, 4)])
     m = span_metrics([row], iou_thresholds=(0.3, 0.5), containment_thresholds=(0.5, 1.0))
     assert m.span_f1 == {0.3: 1.0, 0.5: 0.0}
-    # the prediction lies fully inside gold (precision 1), gold is 40% covered (recall 0)
+    # gold is only 40% covered, but the prediction lies fully inside it: precise, and the
+    # gold span it lies in is recalled
     assert m.gold_coverage_recall == {0.5: 0.0, 1.0: 0.0}
-    assert m.containment_f1 == {0.5: 0.0, 1.0: 0.0}
+    assert m.containment_f1 == {0.5: 1.0, 1.0: 1.0}
     assert m.recall_any_overlap == 1.0
     wide = SpanExample("0123456789 tail words", gold=[(0, 10)], predicted=[(0, 15)])
     mw = span_metrics([wide], containment_thresholds=(0.5, 1.0))
@@ -152,6 +153,145 @@ def test_span_matching_is_one_to_one() -> None:
     row = SpanExample("aaaa bbbb cccc", gold=[(0, 14)], predicted=[(0, 9), (10, 14)])
     m = span_metrics([row], iou_thresholds=(0.2,))
     assert m.span_f1[0.2] == pytest.approx(2 * 0.5 * 1 / 1.5)
+
+
+def test_span_words_are_runs_of_non_whitespace() -> None:
+    """'results : good' is three words (':' one of them); 'F1-score' is one."""
+    relevant = SpanExample("alpha", gold=[(0, 5)], predicted=[(0, 5)])
+    irrelevant = SpanExample("results : good", gold=[], predicted=[(0, 14)])
+    m = span_metrics([relevant, irrelevant])
+    assert (m.word_precision, m.word_recall) == (1 / 4, 1.0)  # 1 TP, 3 FP words
+    # gold "results :" and prediction ": good" share exactly the word ":"
+    shared = span_metrics([SpanExample("results : good", gold=[(0, 9)], predicted=[(8, 14)])])
+    assert (shared.word_precision, shared.word_recall) == (0.5, 0.5)
+    # gold "F1" and prediction "score" both touch the single word "F1-score"
+    hyphen = span_metrics([SpanExample("F1-score matters", gold=[(0, 2)], predicted=[(3, 8)])])
+    assert (hyphen.word_precision, hyphen.word_recall, hyphen.word_f1) == (1.0, 1.0, 1.0)
+
+
+def test_duplicate_predictions_are_scored_as_returned() -> None:
+    row = SpanExample("Rain falls today.", gold=[(0, 10)], predicted=[(0, 10), (0, 10)])
+    m = span_metrics([row])
+    assert m.span_precision[0.5] == 0.5 and m.span_recall[0.5] == 1.0
+    assert m.span_f1[0.5] == pytest.approx(2 / 3)
+    assert m.num_predicted_spans == 2 and m.over_prediction_ratio == 2.0
+    assert m.containment_precision[1.0] == 1.0  # each copy lies inside the gold span
+    assert m.word_precision == 1.0  # words are counted once, whatever covers them
+
+
+def test_containment_is_the_share_of_a_prediction_inside_one_gold_span() -> None:
+    inside = SpanExample("x" * 100, gold=[(0, 100)], predicted=[(0, 10)])
+    m = span_metrics([inside], containment_thresholds=(1.0,))
+    assert (m.containment_precision[1.0], m.containment_recall[1.0]) == (1.0, 1.0)
+    assert m.containment_f1[1.0] == 1.0
+    assert m.gold_coverage_recall[1.0] == 0.0  # only 10% of the gold span is covered
+    # the prediction straddles two gold spans: 10/20 in one, 9/20 in the other
+    straddling = SpanExample("y" * 20, gold=[(0, 10), (11, 20)], predicted=[(0, 20)])
+    m = span_metrics([straddling], containment_thresholds=(0.8,))
+    assert (m.containment_precision[0.8], m.containment_recall[0.8]) == (0.0, 0.0)
+    assert m.containment_f1[0.8] == 0.0
+    assert m.gold_coverage_recall[0.8] == 1.0  # both gold spans are fully covered
+
+
+def test_containment_recalls_every_gold_span_a_precise_prediction_lies_in() -> None:
+    # half of the prediction in each gold span: at 0.5 it is precise for both
+    row = SpanExample("z" * 20, gold=[(0, 10), (10, 20)], predicted=[(5, 15)])
+    m = span_metrics([row], containment_thresholds=(0.5, 0.8))
+    assert m.containment_precision == {0.5: 1.0, 0.8: 0.0}
+    assert m.containment_recall == {0.5: 1.0, 0.8: 0.0}
+
+
+def test_span_counts_are_summed_over_rows_with_irrelevant_rows_included() -> None:
+    rows = [
+        SpanExample("alpha beta", gold=[(0, 5)], predicted=[(0, 5)]),
+        SpanExample("gamma delta", gold=[(0, 5), (6, 11)], predicted=[]),
+        SpanExample("epsilon zeta", gold=[], predicted=[(0, 7)]),
+    ]
+    m = span_metrics(rows)
+    # words: TP alpha; FN gamma, delta; FP epsilon
+    assert (m.word_precision, m.word_recall) == (1 / 2, 1 / 3)
+    assert m.word_f1 == pytest.approx(0.4)
+    # spans: 1 match, 2 predictions, 3 gold spans (the mean of per-row F1s would be 1/3)
+    assert (m.span_precision[0.5], m.span_recall[0.5]) == (1 / 2, 1 / 3)
+    assert m.span_f1[0.5] == pytest.approx(0.4)
+    assert m.over_prediction_ratio == pytest.approx(2 / 3)
+    assert (m.num_rows, m.num_gold_spans, m.num_predicted_spans) == (3, 3, 2)
+    # relevant rows only: the irrelevant row's false positive is gone
+    rel = m.relevant_rows
+    assert (rel.num_rows, rel.num_gold_spans, rel.num_predicted_spans) == (2, 3, 1)
+    assert (rel.word_precision, rel.word_recall) == (1.0, 1 / 3)
+    assert (rel.span_precision[0.5], rel.span_recall[0.5]) == (1.0, 1 / 3)
+    assert rel.span_f1[0.5] == pytest.approx(0.5)
+    assert rel.over_prediction_ratio == pytest.approx(1 / 3)
+    flat = m.as_dict()
+    assert flat["span_f1@0.5"] == m.span_f1[0.5]
+    assert flat["relevant_rows.span_f1@0.5"] == rel.span_f1[0.5]
+    assert flat["relevant_rows.num_rows"] == 2 and flat["span_precision@0.7"] == 0.5
+
+
+def test_iou_matching_is_greedy_in_decreasing_iou_not_optimal() -> None:
+    # A=(2,14) has IoU 8/14 with g1=(0,10) and 4/18 with g2=(10,20); B=(5,10) has 5/10 with g1.
+    # Greedy takes A-g1 first, after which B-g1 and A-g2 are blocked: one match (the best
+    # assignment, A-g2 and B-g1, would give two).
+    row = SpanExample("w" * 20, gold=[(0, 10), (10, 20)], predicted=[(2, 14), (5, 10)])
+    m = span_metrics([row], iou_thresholds=(0.2,))
+    assert (m.span_precision[0.2], m.span_recall[0.2]) == (0.5, 0.5)
+
+
+def test_iou_ties_go_to_the_later_prediction_as_in_the_harness() -> None:
+    # P0=(6,18) and P1=(12,24) both have IoU 8/14 with G0=(10,20); only P0 also overlaps
+    # G1=(0,9) (IoU 3/18). Taking the later prediction at the tie leaves P0 for G1.
+    row = SpanExample("v" * 30, gold=[(10, 20), (0, 9)], predicted=[(6, 18), (12, 24)])
+    m = span_metrics([row], iou_thresholds=(0.1, 0.5))
+    assert m.span_f1 == {0.1: 1.0, 0.5: 0.5}
+
+
+def test_gold_coverage_recall_uses_the_union_of_predictions() -> None:
+    # overlapping predictions cover 8 of the 10 gold characters (not 6 + 6)
+    row = SpanExample("u" * 10, gold=[(0, 10)], predicted=[(0, 6), (2, 8)])
+    m = span_metrics([row], coverage_thresholds=(0.8, 1.0))
+    assert m.gold_coverage_recall == {0.8: 1.0, 1.0: 0.0}
+    # two predictions that each reach no IoU threshold together cover the gold span
+    split = SpanExample("u" * 10, gold=[(0, 10)], predicted=[(0, 4), (4, 10)])
+    m = span_metrics([split], iou_thresholds=(0.7,), coverage_thresholds=(1.0,))
+    assert m.gold_coverage_recall == {1.0: 1.0} and m.span_f1 == {0.7: 0.0}
+    # by default coverage uses the containment thresholds, as the harness does
+    assert set(span_metrics([row]).gold_coverage_recall) == {0.5, 0.8, 1.0}
+
+
+def test_recall_at_any_overlap_counts_gold_spans_some_prediction_touches() -> None:
+    # (9, 12) shares character 9 with the first gold span; (10, 20) is only adjacent
+    row = SpanExample("t" * 30, gold=[(0, 10), (20, 30)], predicted=[(9, 12), (10, 20)])
+    m = span_metrics([row])
+    assert m.recall_any_overlap == 0.5
+    assert m.over_prediction_ratio == 1.0  # 2 spans / 2 spans, whatever their lengths
+
+
+def test_over_prediction_ratio_counts_spans_not_characters() -> None:
+    row = SpanExample("s" * 50, gold=[(0, 40), (40, 50)], predicted=[(0, 2), (3, 5), (6, 8)])
+    assert span_metrics([row]).over_prediction_ratio == 1.5
+    assert span_metrics([SpanExample("s", gold=[], predicted=[(0, 1)])]).over_prediction_ratio == 0
+
+
+def test_span_metrics_reject_bad_spans_and_thresholds() -> None:
+    with pytest.raises(ValueError, match=r"row 1: predicted span \(3, 9\)"):
+        span_metrics(
+            [
+                SpanExample("abcdef", gold=[(0, 3)], predicted=[]),
+                SpanExample("abcdef", gold=[(0, 3)], predicted=[(3, 9)]),
+            ]
+        )
+    with pytest.raises(ValueError, match="gold span"):
+        span_metrics([SpanExample("abcdef", gold=[(2, 2)], predicted=[])])
+    with pytest.raises(ValueError, match="pair of integers"):
+        span_metrics([SpanExample("abcdef", gold=[(0.0, 2.5)], predicted=[])])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"iou_thresholds must lie in \(0, 1\]"):
+        span_metrics([], iou_thresholds=(0.0,))
+
+
+def test_span_metrics_of_no_rows_are_zero() -> None:
+    m = span_metrics([])
+    assert m.num_rows == 0 and m.word_f1 == 0.0 and m.relevant_rows.span_f1[0.3] == 0.0
 
 
 def test_sentence_spans_split_on_sentence_ends() -> None:
@@ -182,7 +322,7 @@ def test_evaluation_imports_no_torch_and_keeps_its_public_names() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert out == ["none", "24", "True"]
+    assert out == ["none", "25", "True"]
 
 
 def test_resolve_data_dir_explains_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:

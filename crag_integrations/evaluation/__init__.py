@@ -1,7 +1,8 @@
 """Offline evaluation: pure metrics, loaders of the shared data, and checkpoint measurement.
 
 * :mod:`~crag_integrations.evaluation.metrics`: ranking (``trec_eval`` conventions),
-  classification and all-row evidence-span metrics, pure Python over plain lists.
+  classification and evidence-span metrics (the acl-verbatim harness's conventions: all rows,
+  and relevant rows beside them), pure Python over plain lists.
 * :mod:`~crag_integrations.evaluation.datasets`: TREC DL, XQuAD, WikiQA and SciFact loaders
   (``$CRAG_DATA_DIR``), and the reader of your own rows that training shares.
 * :mod:`~crag_integrations.evaluation.checkpoints`: run a checkpoint through the roles and
@@ -39,6 +40,7 @@ from crag_integrations.evaluation.metrics import (
     RankingMetrics,
     SpanExample,
     SpanMetrics,
+    SpanScores,
     average_precision,
     classification_metrics,
     dcg_at_k,
@@ -58,6 +60,7 @@ __all__ = [
     "SciFactClaim",
     "SpanExample",
     "SpanMetrics",
+    "SpanScores",
     "WikiQARow",
     "XQuADQuestion",
     "average_precision",

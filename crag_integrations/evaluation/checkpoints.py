@@ -477,7 +477,10 @@ def evaluate_highlighter(
     device: str | None = None,
     show_progress: bool = False,
 ) -> SpanMetrics:
-    """Run a highlighter over rows with gold spans and compute the all-row span metrics.
+    """Run a highlighter over rows with gold spans and compute the span metrics.
+
+    The metrics are :func:`~crag_integrations.evaluation.metrics.span_metrics`'s: the
+    acl-verbatim harness's conventions, over all rows and over the relevant rows beside them.
 
     Predictions are :func:`predict_spans`'s. The threshold and stride defaults are the
     evaluation protocol of the numbers in ``docs/training.md`` (threshold 0.5, the

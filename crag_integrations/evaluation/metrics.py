@@ -16,9 +16,12 @@ Ranking metrics follow ``trec_eval``'s conventions:
 * a query is averaged only when it has at least one judgment (``trec_eval`` skips queries absent
   from the qrels); a judged query that has no relevant document scores 0.
 
-Span metrics follow the all-row protocol of the acl-verbatim highlighter card: every row
-counts, including rows whose gold span list is empty, so text highlighted on an irrelevant row
-is a false positive.
+Span metrics are those of the acl-verbatim highlighter card's evaluation harness
+(``acl_verbatim.eval.span_metrics``), convention for convention: words are maximal runs of
+non-whitespace; every count is summed over all rows (micro), including rows whose gold span
+list is empty, so text highlighted on an irrelevant row is a false positive; predictions are
+scored as returned, never merged; and the same metrics are reported over the relevant rows
+(those with gold spans) beside the all-row headline. :func:`span_metrics` states each one.
 
 Example:
     >>> qrels = {"q1": {"d1": 3, "d2": 0, "d3": 1}}
@@ -30,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,10 +41,13 @@ from dataclasses import dataclass, field
 from crag_integrations.evaluation.datasets import RankingQuery
 
 __all__ = [
+    "DEFAULT_CONTAINMENT_THRESHOLDS",
+    "DEFAULT_IOU_THRESHOLDS",
     "ClassificationMetrics",
     "RankingMetrics",
     "SpanExample",
     "SpanMetrics",
+    "SpanScores",
     "average_precision",
     "classification_metrics",
     "dcg_at_k",
@@ -423,15 +430,22 @@ def _ordered_labels(values: Iterable[Hashable]) -> list[Hashable]:
 # Evidence spans
 # --------------------------------------------------------------------------------------
 
-_WORD = re.compile(r"\w+")
+# A word is a maximal run of non-whitespace, so punctuation stays part of its word
+# ("F1-score" is one word) or is a word of its own ("results : good" is three).
+_WORD = re.compile(r"\S+")
+
+#: The acl-verbatim harness's thresholds (``acl_verbatim.eval.span_metrics``).
+DEFAULT_IOU_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)
+DEFAULT_CONTAINMENT_THRESHOLDS: tuple[float, ...] = (0.5, 0.8, 1.0)
 
 
 @dataclass(frozen=True)
 class SpanExample:
     """One scored row: a context with its gold and predicted evidence character spans.
 
-    Spans are half-open ``(start, end)`` character offsets into ``context``. An empty ``gold``
-    marks an irrelevant row.
+    Spans are half-open ``(start, end)`` character offsets into ``context`` with
+    ``0 <= start < end <= len(context)``. An empty ``gold`` marks an irrelevant row.
+    Predictions are scored as given: overlapping or duplicate spans are not merged.
     """
 
     context: str
@@ -440,31 +454,42 @@ class SpanExample:
 
 
 @dataclass(frozen=True)
-class SpanMetrics:
-    """Span-extraction quality over all rows (irrelevant rows included).
+class SpanScores:
+    """Span-extraction quality over a set of rows; every count is summed over the rows (micro).
 
     Attributes:
-        word_precision: Micro precision over the context's words (``\\w+`` tokens); a word is
-            predicted/gold when any of its characters lies in a predicted/gold span.
-        word_recall: Micro word recall.
-        word_f1: Micro word F1.
-        span_f1: IoU threshold -> span F1 with one-to-one matching of predicted to gold spans
-            whose character IoU reaches the threshold (greedy, highest IoU first).
-        containment_f1: Threshold ``c`` -> F1 of containment precision (share of predicted
-            spans with at least ``c`` of their characters inside gold spans) and containment
-            recall (share of gold spans with at least ``c`` of their characters predicted).
-        gold_coverage_recall: Threshold ``c`` -> containment recall.
-        recall_any_overlap: Share of gold spans touched by any predicted character.
-        over_prediction_ratio: Predicted characters divided by gold characters.
+        word_precision: Predicted words that are gold / predicted words. Words are maximal
+            runs of non-whitespace; a word is predicted (gold) when any of its characters lies
+            inside a predicted (gold) span.
+        word_recall: Predicted gold words / gold words.
+        word_f1: F1 of word precision and recall.
+        span_precision: IoU threshold -> matched predictions / predictions, with greedy
+            one-to-one matching of (prediction, gold) pairs in decreasing IoU while IoU >= t.
+        span_recall: IoU threshold -> matched gold spans / gold spans.
+        span_f1: IoU threshold -> F1 of span precision and recall.
+        containment_precision: Threshold -> precise predictions / predictions; a prediction
+            is precise when at least that share of its own characters lies inside one single
+            gold span.
+        containment_recall: Threshold -> gold spans that contain a precise prediction / gold
+            spans.
+        containment_f1: Threshold -> F1 of containment precision and recall.
+        gold_coverage_recall: Threshold -> share of gold spans with at least that share of
+            their characters covered by the union of the row's predictions.
+        recall_any_overlap: Share of gold spans that some prediction overlaps.
+        over_prediction_ratio: Predicted spans / gold spans (0 without gold spans).
         num_rows: Rows scored.
-        num_gold_spans: Gold spans over all rows.
-        num_predicted_spans: Predicted spans over all rows.
+        num_gold_spans: Gold spans over the rows.
+        num_predicted_spans: Predicted spans over the rows.
     """
 
     word_precision: float
     word_recall: float
     word_f1: float
+    span_precision: Mapping[float, float]
+    span_recall: Mapping[float, float]
     span_f1: Mapping[float, float]
+    containment_precision: Mapping[float, float]
+    containment_recall: Mapping[float, float]
     containment_f1: Mapping[float, float]
     gold_coverage_recall: Mapping[float, float]
     recall_any_overlap: float
@@ -480,11 +505,17 @@ class SpanMetrics:
             "word_recall": self.word_recall,
             "word_f1": self.word_f1,
         }
-        flat.update({f"span_f1@{t:g}": v for t, v in self.span_f1.items()})
-        flat.update({f"containment_f1@{t:g}": v for t, v in self.containment_f1.items()})
-        flat.update(
-            {f"gold_coverage_recall@{t:g}": v for t, v in self.gold_coverage_recall.items()}
+        by_threshold = (
+            ("span_precision", self.span_precision),
+            ("span_recall", self.span_recall),
+            ("span_f1", self.span_f1),
+            ("containment_precision", self.containment_precision),
+            ("containment_recall", self.containment_recall),
+            ("containment_f1", self.containment_f1),
+            ("gold_coverage_recall", self.gold_coverage_recall),
         )
+        for name, values in by_threshold:
+            flat.update({f"{name}@{t:g}": v for t, v in values.items()})
         flat.update(
             {
                 "recall_any_overlap": self.recall_any_overlap,
@@ -497,22 +528,60 @@ class SpanMetrics:
         return flat
 
 
+@dataclass(frozen=True)
+class SpanMetrics(SpanScores):
+    """Span-extraction quality over all rows (irrelevant rows included), and relevant rows only.
+
+    The fields inherited from :class:`SpanScores` are the all-row headline; ``relevant_rows``
+    holds the same metrics over the rows that have gold spans. The acl-verbatim card reports
+    a mix of the two: its span F1 at IoU 0.3 and containment F1 at 0.5 and 0.8 are
+    relevant-row figures, its other numbers all-row ones.
+
+    Attributes:
+        relevant_rows: The metrics over the rows with at least one gold span.
+    """
+
+    relevant_rows: SpanScores
+
+    def as_dict(self) -> dict[str, float | int]:
+        """All-row metrics as :meth:`SpanScores.as_dict`, then ``relevant_rows.<name>``."""
+        flat = super().as_dict()
+        flat.update({f"relevant_rows.{k}": v for k, v in self.relevant_rows.as_dict().items()})
+        return flat
+
+
 def span_metrics(
     examples: Iterable[SpanExample],
     *,
-    iou_thresholds: Sequence[float] = (0.3, 0.5),
-    containment_thresholds: Sequence[float] = (0.5, 0.8, 1.0),
+    iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
+    containment_thresholds: Sequence[float] = DEFAULT_CONTAINMENT_THRESHOLDS,
+    coverage_thresholds: Sequence[float] | None = None,
 ) -> SpanMetrics:
-    """Score predicted evidence spans against gold spans over all rows.
+    """Score predicted evidence spans against gold spans as the acl-verbatim harness does.
+
+    Every count (word TP/FP/FN, matched spans, precise predictions, recalled, covered and
+    overlapped gold spans, span totals) is summed over the rows before any ratio is taken,
+    irrelevant rows included: anything predicted on a row without gold spans is a false
+    positive. Predictions are scored as returned, so two copies of one correct span give
+    IoU precision 0.5. IoU matching is greedy and one-to-one: (prediction, gold) pairs are
+    taken in decreasing IoU (ties: the later prediction, then the later gold span first, as
+    the harness's reverse sort of ``(iou, prediction index, gold index)`` orders them) while
+    IoU >= t, skipping pairs whose prediction or gold span is already matched.
 
     Args:
-        examples: Rows to score; rows without gold spans are irrelevant rows, and anything
-            predicted on them counts as a false positive.
-        iou_thresholds: IoU thresholds for span F1.
-        containment_thresholds: Coverage thresholds for containment F1.
+        examples: Rows to score.
+        iou_thresholds: IoU thresholds for span precision/recall/F1, each in ``(0, 1]``.
+        containment_thresholds: Thresholds for containment precision/recall/F1, in ``(0, 1]``.
+        coverage_thresholds: Thresholds for gold-coverage recall, in ``(0, 1]``; ``None``
+            uses ``containment_thresholds`` (the harness uses 0.5, 0.8 and 1.0 for both).
 
     Returns:
-        The metrics; undefined ratios (0/0) are 0.
+        The all-row metrics with the relevant-row metrics beside them; 0/0 is 0.
+
+    Raises:
+        ValueError: If a threshold is outside ``(0, 1]``, or a span is not a non-empty
+            ``(start, end)`` range of integers inside its context (the harness silently
+            drops such predictions; drop or fix them before scoring).
 
     Example:
         >>> row = SpanExample("Rain falls. Sun shines.", gold=[(0, 11)], predicted=[(0, 4)])
@@ -520,66 +589,180 @@ def span_metrics(
         >>> m.word_precision, m.word_recall, m.span_f1[0.3], m.span_f1[0.5]
         (1.0, 0.5, 1.0, 0.0)
     """
-    word_tp = word_fp = word_fn = 0
-    matched = dict.fromkeys(iou_thresholds, 0)
-    pred_contained = dict.fromkeys(containment_thresholds, 0)
-    gold_covered = dict.fromkeys(containment_thresholds, 0)
-    gold_touched = 0
-    n_rows = n_gold = n_pred = 0
-    gold_chars = pred_chars = 0
-    for example in examples:
-        n_rows += 1
-        gold = _merge(example.gold, len(example.context))
-        pred = _merge(example.predicted, len(example.context))
-        n_gold += len(gold)
-        n_pred += len(pred)
-        gold_chars += sum(e - s for s, e in gold)
-        pred_chars += sum(e - s for s, e in pred)
-        for match in _WORD.finditer(example.context):
-            word = (match.start(), match.end())
-            in_gold = any(_overlap(word, g) > 0 for g in gold)
-            in_pred = any(_overlap(word, p) > 0 for p in pred)
-            word_tp += in_gold and in_pred
-            word_fp += in_pred and not in_gold
-            word_fn += in_gold and not in_pred
-        for threshold in iou_thresholds:
-            matched[threshold] += _match_by_iou(pred, gold, threshold)
-        for threshold in containment_thresholds:
-            pred_contained[threshold] += sum(
-                _covered_fraction(p, gold) >= threshold - 1e-12 for p in pred
-            )
-            gold_covered[threshold] += sum(
-                _covered_fraction(g, pred) >= threshold - 1e-12 for g in gold
-            )
-        gold_touched += sum(_covered_fraction(g, pred) > 0 for g in gold)
-    word_p, word_r, word_f = _prf(word_tp, word_fp, word_fn)
-    span_f1 = {t: _f1_from_counts(matched[t], n_pred, n_gold) for t in iou_thresholds}
-    containment_f1 = {}
-    coverage = {}
-    for t in containment_thresholds:
-        precision = pred_contained[t] / n_pred if n_pred else 0.0
-        recall = gold_covered[t] / n_gold if n_gold else 0.0
-        containment_f1[t] = _harmonic(precision, recall)
-        coverage[t] = recall
-    return SpanMetrics(
-        word_precision=word_p,
-        word_recall=word_r,
-        word_f1=word_f,
-        span_f1=span_f1,
-        containment_f1=containment_f1,
-        gold_coverage_recall=coverage,
-        recall_any_overlap=gold_touched / n_gold if n_gold else 0.0,
-        over_prediction_ratio=pred_chars / gold_chars if gold_chars else 0.0,
-        num_rows=n_rows,
-        num_gold_spans=n_gold,
-        num_predicted_spans=n_pred,
+    coverage = containment_thresholds if coverage_thresholds is None else coverage_thresholds
+    thresholds = _Thresholds(
+        iou=_checked_thresholds(iou_thresholds, "iou_thresholds"),
+        containment=_checked_thresholds(containment_thresholds, "containment_thresholds"),
+        coverage=_checked_thresholds(coverage, "coverage_thresholds"),
     )
+    all_rows = _Tally.empty(thresholds)
+    relevant = _Tally.empty(thresholds)
+    for index, example in enumerate(examples):
+        limit = len(example.context)
+        gold = _checked_spans(example.gold, limit, index, "gold")
+        predicted = _checked_spans(example.predicted, limit, index, "predicted")
+        row = _row_tally(example.context, gold, predicted, thresholds)
+        all_rows.add(row)
+        if gold:
+            relevant.add(row)
+    return SpanMetrics(**vars(all_rows.scores()), relevant_rows=relevant.scores())
 
 
-def _merge(spans: Sequence[Span], limit: int) -> list[Span]:
-    clipped = sorted((max(0, s), min(limit, e)) for s, e in spans if min(limit, e) > max(0, s))
+@dataclass(frozen=True)
+class _Thresholds:
+    iou: tuple[float, ...]
+    containment: tuple[float, ...]
+    coverage: tuple[float, ...]
+
+
+@dataclass
+class _Tally:
+    """Counts of one row, or summed over rows."""
+
+    rows: int = 0
+    gold: int = 0
+    predicted: int = 0
+    word_tp: int = 0
+    word_fp: int = 0
+    word_fn: int = 0
+    iou_matches: dict[float, int] = field(default_factory=dict)
+    precise: dict[float, int] = field(default_factory=dict)
+    recalled: dict[float, int] = field(default_factory=dict)
+    covered: dict[float, int] = field(default_factory=dict)
+    overlapped: int = 0
+
+    @classmethod
+    def empty(cls, thresholds: _Thresholds) -> _Tally:
+        return cls(
+            iou_matches=dict.fromkeys(thresholds.iou, 0),
+            precise=dict.fromkeys(thresholds.containment, 0),
+            recalled=dict.fromkeys(thresholds.containment, 0),
+            covered=dict.fromkeys(thresholds.coverage, 0),
+        )
+
+    def add(self, other: _Tally) -> None:
+        self.rows += other.rows
+        self.gold += other.gold
+        self.predicted += other.predicted
+        self.word_tp += other.word_tp
+        self.word_fp += other.word_fp
+        self.word_fn += other.word_fn
+        self.overlapped += other.overlapped
+        for mine, theirs in (
+            (self.iou_matches, other.iou_matches),
+            (self.precise, other.precise),
+            (self.recalled, other.recalled),
+            (self.covered, other.covered),
+        ):
+            for t, n in theirs.items():
+                mine[t] += n
+
+    def scores(self) -> SpanScores:
+        word_p, word_r, word_f = _prf(self.word_tp, self.word_fp, self.word_fn)
+        span_p = {t: _ratio(n, self.predicted) for t, n in self.iou_matches.items()}
+        span_r = {t: _ratio(n, self.gold) for t, n in self.iou_matches.items()}
+        cont_p = {t: _ratio(n, self.predicted) for t, n in self.precise.items()}
+        cont_r = {t: _ratio(n, self.gold) for t, n in self.recalled.items()}
+        return SpanScores(
+            word_precision=word_p,
+            word_recall=word_r,
+            word_f1=word_f,
+            span_precision=span_p,
+            span_recall=span_r,
+            span_f1={t: _harmonic(span_p[t], span_r[t]) for t in span_p},
+            containment_precision=cont_p,
+            containment_recall=cont_r,
+            containment_f1={t: _harmonic(cont_p[t], cont_r[t]) for t in cont_p},
+            gold_coverage_recall={t: _ratio(n, self.gold) for t, n in self.covered.items()},
+            recall_any_overlap=_ratio(self.overlapped, self.gold),
+            over_prediction_ratio=_ratio(self.predicted, self.gold),
+            num_rows=self.rows,
+            num_gold_spans=self.gold,
+            num_predicted_spans=self.predicted,
+        )
+
+
+def _row_tally(
+    context: str, gold: Sequence[Span], predicted: Sequence[Span], thresholds: _Thresholds
+) -> _Tally:
+    tally = _Tally.empty(thresholds)
+    tally.rows = 1
+    tally.gold = len(gold)
+    tally.predicted = len(predicted)
+    for match in _WORD.finditer(context):
+        word = (match.start(), match.end())
+        in_gold = any(_overlap(word, g) > 0 for g in gold)
+        in_pred = any(_overlap(word, p) > 0 for p in predicted)
+        tally.word_tp += in_gold and in_pred
+        tally.word_fp += in_pred and not in_gold
+        tally.word_fn += in_gold and not in_pred
+    pairs = sorted(
+        ((_iou(p, g), i, j) for i, p in enumerate(predicted) for j, g in enumerate(gold)),
+        reverse=True,
+    )
+    for t in thresholds.iou:
+        tally.iou_matches[t] = _greedy_matches(pairs, t)
+    for t in thresholds.containment:
+        recalled: set[int] = set()
+        for p in predicted:
+            inside = {j for j, g in enumerate(gold) if _overlap(p, g) / (p[1] - p[0]) >= t}
+            tally.precise[t] += bool(inside)
+            recalled |= inside
+        tally.recalled[t] = len(recalled)
+    union = _union(predicted)
+    for t in thresholds.coverage:
+        tally.covered[t] = sum(
+            sum(_overlap(g, u) for u in union) / (g[1] - g[0]) >= t for g in gold
+        )
+    tally.overlapped = sum(any(_overlap(p, g) > 0 for p in predicted) for g in gold)
+    return tally
+
+
+def _greedy_matches(pairs: Sequence[tuple[float, int, int]], threshold: float) -> int:
+    """One-to-one matches taken from ``pairs`` (sorted best first) while IoU >= threshold."""
+    used_pred: set[int] = set()
+    used_gold: set[int] = set()
+    for iou, i, j in pairs:
+        if iou < threshold:
+            break
+        if i not in used_pred and j not in used_gold:
+            used_pred.add(i)
+            used_gold.add(j)
+    return len(used_pred)
+
+
+def _checked_thresholds(values: Sequence[float], name: str) -> tuple[float, ...]:
+    checked = tuple(float(v) for v in values)
+    for value in checked:
+        # 0 would let pairs without a shared character match or count as contained.
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"{name} must lie in (0, 1], got {value}")
+    return checked
+
+
+def _checked_spans(spans: Sequence[Span], limit: int, row: int, kind: str) -> list[Span]:
+    checked: list[Span] = []
+    for span in spans:
+        try:
+            start, end = (operator.index(v) for v in span)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"row {row}: {kind} span {span!r} is not a (start, end) pair of integers"
+            ) from None
+        if not 0 <= start < end <= limit:
+            raise ValueError(
+                f"row {row}: {kind} span {span!r} is not a non-empty range inside its "
+                f"{limit}-character context (0 <= start < end <= {limit}); drop or fix it "
+                "before scoring"
+            )
+        checked.append((start, end))
+    return checked
+
+
+def _union(spans: Sequence[Span]) -> list[Span]:
+    """The characters covered by any of ``spans``, as disjoint sorted ranges."""
     merged: list[Span] = []
-    for start, end in clipped:
+    for start, end in sorted(spans):
         if merged and start <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], end))
         else:
@@ -591,41 +774,21 @@ def _overlap(a: Span, b: Span) -> int:
     return max(0, min(a[1], b[1]) - max(a[0], b[0]))
 
 
-def _covered_fraction(span: Span, others: Sequence[Span]) -> float:
-    length = span[1] - span[0]
-    if length <= 0:
+def _iou(a: Span, b: Span) -> float:
+    inter = _overlap(a, b)
+    if inter == 0:
         return 0.0
-    return sum(_overlap(span, o) for o in others) / length
+    return inter / ((a[1] - a[0]) + (b[1] - b[0]) - inter)
 
 
-def _match_by_iou(pred: Sequence[Span], gold: Sequence[Span], threshold: float) -> int:
-    candidates = []
-    for i, p in enumerate(pred):
-        for j, g in enumerate(gold):
-            inter = _overlap(p, g)
-            union = (p[1] - p[0]) + (g[1] - g[0]) - inter
-            iou = inter / union if union else 0.0
-            if inter > 0 and iou >= threshold - 1e-12:
-                candidates.append((iou, i, j))
-    used_pred: set[int] = set()
-    used_gold: set[int] = set()
-    for _, i, j in sorted(candidates, reverse=True):
-        if i not in used_pred and j not in used_gold:
-            used_pred.add(i)
-            used_gold.add(j)
-    return len(used_pred)
+def _ratio(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else 0.0
 
 
 def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     return precision, recall, _harmonic(precision, recall)
-
-
-def _f1_from_counts(matches: int, n_pred: int, n_gold: int) -> float:
-    precision = matches / n_pred if n_pred else 0.0
-    recall = matches / n_gold if n_gold else 0.0
-    return _harmonic(precision, recall)
 
 
 def _harmonic(a: float, b: float) -> float:
