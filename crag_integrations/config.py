@@ -7,9 +7,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["DType", "EngineConfig", "as_engine_config"]
+__all__ = ["DEFAULT_CACHE_BYTES", "DType", "EngineConfig", "as_engine_config"]
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+#: Default byte bound of a model's score cache (an estimate of what its entries hold).
+DEFAULT_CACHE_BYTES = 256 * 2**20
+
+#: ``(model string, working directory or "")`` -> the normalised model string. Configs are
+#: built on every role call; without this, each one would ``stat`` the filesystem.
+_NORMALISED: dict[tuple[str, str], str] = {}
+_NORMALISED_MAX = 4_096
+
+
+def _normalise_model(model: str) -> str:
+    """``model`` with an existing directory made absolute, memoised per working directory.
+
+    The first config naming a string checks the filesystem; later ones reuse the answer
+    (a relative name is looked up again after the working directory changes). A directory
+    that appears after the first check keeps the name as given, which loading still
+    resolves against the working directory.
+    """
+    expanded = os.path.expanduser(model)
+    where = "" if os.path.isabs(expanded) else os.getcwd()
+    known = _NORMALISED.get((model, where))
+    if known is not None:
+        return known
+    path = Path(expanded)
+    normalised = str(path.resolve()) if path.is_dir() else model
+    # No lock (item assignment is atomic; a lost race only repeats the check), so nothing
+    # here can be left locked in a forked child.
+    if len(_NORMALISED) >= _NORMALISED_MAX:
+        _NORMALISED.clear()
+    _NORMALISED[(model, where)] = normalised
+    return normalised
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +79,10 @@ class EngineConfig:
             callers block and async callers await (without blocking the event loop).
         cache_size: Scored ``(query, text)`` pairs remembered per loaded model (LRU), so
             repeated pairs cost no forward pass. ``0`` disables the cache for this engine.
+        cache_bytes: Bound on the estimated bytes the score cache holds (keys and results);
+            least recently used entries go first when either bound is reached. Engines
+            sharing a model share its cache, whose bounds are the largest of theirs.
+            ``0`` disables the cache for this engine. Default 256 MiB.
         compile: Run the model through ``torch.compile``, with sequence lengths padded to
             buckets (multiples of 64, then powers of two) so it does not recompile per
             batch. Worth it on GPUs for long-running services; the first batches of each
@@ -71,14 +106,15 @@ class EngineConfig:
     max_wait_ms: float = 0.0
     max_queue: int = 1024
     cache_size: int = 16_384
+    cache_bytes: int = DEFAULT_CACHE_BYTES
     compile: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError("EngineConfig.model must be a hub id or a local directory path")
-        expanded = Path(os.path.expanduser(self.model))
-        if expanded.is_dir():
-            object.__setattr__(self, "model", str(expanded.resolve()))
+        normalised = _normalise_model(self.model)
+        if normalised != self.model:
+            object.__setattr__(self, "model", normalised)
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(
                 f"dtype must be 'auto', 'float32', 'float16' or 'bfloat16', not {self.dtype!r}"
@@ -95,6 +131,13 @@ class EngineConfig:
             raise ValueError(f"max_queue must be at least 1, not {self.max_queue}")
         if self.cache_size < 0:
             raise ValueError(f"cache_size must be >= 0 (0 disables it), not {self.cache_size}")
+        if self.cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be >= 0 (0 disables it), not {self.cache_bytes}")
+
+    @property
+    def uses_cache(self) -> bool:
+        """Whether engines of this configuration read and write the score cache."""
+        return self.cache_size > 0 and self.cache_bytes > 0
 
     @property
     def is_local(self) -> bool:
@@ -102,8 +145,15 @@ class EngineConfig:
         return Path(self.model).is_dir()
 
 
+_DEFAULT_CONFIGS: dict[tuple[str, str], EngineConfig] = {}
+
+
 def as_engine_config(model: str | EngineConfig) -> EngineConfig:
     """``model`` as an :class:`EngineConfig`: a hub id or path becomes one with defaults.
+
+    The config of a string is built once per working directory and then reused (roles
+    call this on every call), so the steady state touches neither the filesystem nor a
+    lock.
 
     Raises:
         TypeError: ``model`` is neither a string nor an ``EngineConfig``.
@@ -111,5 +161,12 @@ def as_engine_config(model: str | EngineConfig) -> EngineConfig:
     if isinstance(model, EngineConfig):
         return model
     if isinstance(model, str):
-        return EngineConfig(model=model)
+        where = "" if os.path.isabs(model) else os.getcwd()
+        config = _DEFAULT_CONFIGS.get((model, where))
+        if config is None:
+            config = EngineConfig(model=model)
+            if len(_DEFAULT_CONFIGS) >= _NORMALISED_MAX:
+                _DEFAULT_CONFIGS.clear()
+            _DEFAULT_CONFIGS[(model, where)] = config
+        return config
     raise TypeError(f"model must be a hub id, a local path or an EngineConfig, not {model!r}")

@@ -36,6 +36,7 @@ __all__ = [
     "check_number",
     "check_query",
     "check_texts",
+    "unencodable",
 ]
 
 T = TypeVar("T")
@@ -51,16 +52,36 @@ def check_query(query: object) -> str:
     return query
 
 
-def _check_encodable(name: str, text: str) -> None:
+def unencodable(value: str) -> str | None:
+    """What makes ``value`` impossible to tokenize, or ``None`` when it is fine.
+
+    A Python ``str`` may hold lone surrogates (``"\\ud800"``, e.g. from
+    ``bytes.decode(errors="surrogateescape")`` or broken JSON escapes); they are not Unicode
+    text, cannot be encoded as UTF-8, and the Rust tokenizer refuses them with a bare
+    ``TypeError``. They are rejected before tokenizing rather than altering the caller's text.
+
+    Example:
+        >>> unencodable("rain") is None
+        True
+    """
+    if value.isascii():
+        return None
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        bad = text[error.start]
-        raise ValueError(
-            f"{name} cannot be encoded as UTF-8: U+{ord(bad):04X} at position {error.start} is "
-            "a lone surrogate (often the result of decoding bytes with errors='surrogateescape' "
-            "or of a broken JSON escape); fix or drop it before scoring"
-        ) from None
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = value[exc.start]
+        return (
+            f"a lone surrogate {char!r} (U+{ord(char):04X}) at character {exc.start}, which is "
+            "not valid Unicode and cannot be tokenized; remove or replace it before scoring "
+            "(e.g. text.encode('utf-8', 'replace').decode('utf-8'))"
+        )
+    return None
+
+
+def _check_encodable(name: str, text: str) -> None:
+    problem = unencodable(text)
+    if problem is not None:
+        raise ValueError(f"{name} holds {problem}")
 
 
 def check_texts(texts: object) -> list[str]:

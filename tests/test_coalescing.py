@@ -168,7 +168,11 @@ def test_a_failing_request_fails_alone_while_others_in_the_same_drain_succeed(
 def test_a_forward_error_reaches_only_the_callers_in_the_failing_batch(
     reranker_path: str,
 ) -> None:
-    """A window longer than the model's positions breaks its own batch, not the others'."""
+    """A call asking for windows longer than the model's positions fails alone.
+
+    Such a max_length is now refused before any forward pass (see test_engine.py); forward
+    passes that fail on the device are injected in test_engine_faults.py.
+    """
     engine = get_engine(reranker_path, max_wait_ms=1000, cache_size=0, token_budget=600)
     engine.load()
     good = [_request_pairs(i) for i in range(6)]
@@ -365,3 +369,19 @@ def test_benchmark_smoke_runs_every_peer_on_a_tiny_model(tmp_path: Path) -> None
     assert all(row["pairs_per_s"] > 0 for row in report["throughput"])
     assert report["cache"]["hit_speedup"] > 1
     assert report["padding_ceiling"]["tiny"]["st_vs_exact_flops"] >= 1.0
+
+
+def test_load_benchmark_smoke_runs_both_systems_at_every_concurrency(tmp_path: Path) -> None:
+    """benchmarks/load.py runs end to end on a tiny model and reports every row."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_load", Path(__file__).resolve().parents[1] / "benchmarks" / "load.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.main(["--smoke", "--out", str(tmp_path / "load.json")])
+    assert (tmp_path / "load.json").exists()
+    rows = {(row["callers"], row["system"]) for row in report["rows"]}
+    assert rows == {(c, s) for c in (1, 4) for s in ("engine", "st-per-request")}
+    assert all(row["pairs_per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] for row in report["rows"])

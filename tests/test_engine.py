@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import random
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -426,3 +429,159 @@ def test_the_engine_reads_exactly_the_windows_of_encode_windows(
     assert scores.num_windows == len(windows)
     merged = sorted({o for w in windows for o in _text_tokens(w)})
     assert list(scores.offsets) == merged
+
+
+# --------------------------------------------------------------------------------------
+# max_length against the checkpoint's limit
+
+
+def test_a_configured_max_length_above_the_models_limit_is_refused_at_load(
+    checkpoints: dict[str, Path],
+) -> None:
+    """EngineConfig(max_length=1000) on a 512-position model: a ValueError naming the
+    limit at load, before any text is scored (it used to crash inside torch on long texts)."""
+    engine = get_engine(str(checkpoints["bert-rerank"]), max_length=1000)
+    with pytest.raises(ValueError, match=r"max_length=1000 is more than the 512 tokens"):
+        engine.load()
+    with pytest.raises(ValueError, match="use max_length <= 512"):
+        engine.score_pairs([("q", "a short text")])
+
+
+def test_a_per_call_max_length_above_the_limit_is_refused_before_any_work(
+    checkpoints: dict[str, Path],
+) -> None:
+    """A per-call max_length (as EvidenceHighlighter(max_length=...) passes) is checked too."""
+    engine = get_engine(str(checkpoints["bert-token"]))
+    passes = engine.forward_passes
+    with pytest.raises(ValueError, match=r"max_length=100000 .* 512 tokens"):
+        engine.token_scores([("q", "text " * 2000)], max_length=100_000)
+    assert engine.forward_passes == passes
+    [whole] = engine.token_scores([("q", "text " * 2000)], max_length=512)  # the limit works
+    assert whole.num_windows > 1
+
+
+@pytest.mark.parametrize(
+    ("arch", "expected", "reason"),
+    [
+        ("bert", 64, "position embeddings hold 64"),  # an absolute table: the hard limit
+        ("modernbert", 64, "max_position_embeddings is 64"),  # rotary: the trained length
+        ("deberta-v2", 64, "max_position_embeddings is 64"),  # relative only
+    ],
+)
+def test_the_models_limit_is_read_from_the_checkpoint(
+    tmp_path: Path, arch: str, expected: int, reason: str
+) -> None:
+    """A tokenizer that declares no limit: the model's positions decide, per architecture;
+    the limit itself runs, one more is refused with the reason."""
+    path = save_tiny_checkpoint(
+        tmp_path / arch, architecture=arch, max_position_embeddings=64, model_max_length=10**30
+    )
+    engine = get_engine(str(path))
+    assert engine.model_max_length == engine.max_length == expected
+    [result] = engine.score_pairs([("q", "word " * 400)])  # every window at the limit
+    assert result.num_windows > 1
+    with pytest.raises(ValueError, match=reason):
+        engine.score_pairs([("q", "text")], max_length=expected + 1)
+
+
+def test_the_tokenizers_declared_limit_counts_too(tmp_path: Path) -> None:
+    """A tokenizer declaring fewer tokens than the positions: the smaller limit wins."""
+    path = save_tiny_checkpoint(tmp_path / "declared", model_max_length=96)
+    engine = get_engine(str(path))
+    assert engine.model_max_length == 96
+    with pytest.raises(ValueError, match="tokenizer's model_max_length is 96"):
+        engine.score_pairs([("q", "t")], max_length=128)
+
+
+def test_loading_prints_no_token_indices_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The load-time overflow probe is longer than small models' limit on purpose; it must
+    not make transformers warn "Token indices sequence length is longer than ..."."""
+    import transformers
+
+    path = save_tiny_checkpoint(tmp_path / "short", max_position_embeddings=64)
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            engine = get_engine(str(path))
+            engine.load()
+    finally:
+        transformers.utils.logging.disable_propagation()
+        transformers.utils.logging.set_verbosity(verbosity)
+    captured = capsys.readouterr()
+    assert "Token indices sequence length" not in captured.err + captured.out
+    assert not [r for r in caplog.records if "Token indices" in r.getMessage()]
+
+
+# --------------------------------------------------------------------------------------
+# The hot path and the event loop
+
+
+def test_getting_an_engine_and_a_first_async_call_import_no_torch_on_the_loop(
+    checkpoints: dict[str, Path],
+) -> None:
+    """In a fresh interpreter: get_engine and a role's engine look-up import neither torch nor
+    transformers; the first async call loads in a worker thread while the loop keeps
+    running, and returns the same scores as a sync call."""
+    script = f"""
+import asyncio, sys, time
+from crag_integrations import Reranker, get_engine
+path = {str(checkpoints["bert-rerank"])!r}
+engine = get_engine(path)
+role = Reranker(model=path)
+assert role.engine is engine
+assert "torch" not in sys.modules and "transformers" not in sys.modules, "imported on get"
+
+async def main():
+    gaps, last = [], time.perf_counter()
+    async def tick():
+        nonlocal last
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+    ticker = asyncio.ensure_future(tick())
+    result = await engine.ascore_pairs([("q", "a text")])
+    ticker.cancel()
+    return result, gaps
+
+result, gaps = asyncio.run(main())
+assert result == engine.score_pairs([("q", "a text")])
+print(len(gaps))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout.split()[-1]) > 1  # the loop ran while the model loaded
+
+
+def test_a_cached_role_call_takes_no_global_lock_and_touches_no_filesystem(
+    checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The steady state of a role call: with the registry lock held elsewhere and every
+    directory check failing, a repeated call still completes (in a thread, with a timeout)."""
+    from crag_integrations import Reranker
+    from crag_integrations.engine import registry
+
+    path = str(checkpoints["bert-rerank"])
+    role = Reranker(model=path)
+    expected = role.score("what causes rain?", [PAIRS[0][1], PAIRS[1][1]])
+
+    def no_filesystem(self: Path) -> bool:
+        raise AssertionError(f"filesystem checked on the hot path: {self}")
+
+    monkeypatch.setattr(Path, "is_dir", no_filesystem)
+    got: list[Any] = []
+    with registry._REGISTRY_LOCK:  # held: a call that needs it would wait forever
+        caller = threading.Thread(
+            target=lambda: got.append(role.score("what causes rain?", [PAIRS[0][1], PAIRS[1][1]]))
+        )
+        caller.start()
+        caller.join(timeout=30)
+        assert not caller.is_alive(), "the cached call waited for the registry lock"
+    assert got == [expected]

@@ -263,15 +263,6 @@ def test_texts_within_one_window_match_with_default_settings(
         assert_same(got, reference_process(tokenizer, model, QUESTION, text))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "engine.windows.clamp_stride caps the stride at half the text room (250 of 256 on a "
-        "512-position model); .process() keeps any stride the tokenizer accepts (< room). "
-        "Passes once clamp_stride returns `stride if stride < room else room // 2`."
-    ),
-)
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_multi_window_texts_match_with_default_settings(
     checkpoints: dict[str, Path], references: dict[str, tuple[Any, Any]], arch: str

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from crag_integrations import get_engine
-from crag_integrations.engine.cache import CacheInfo, ScoreCache
+from crag_integrations.engine.cache import CacheInfo, ScoreCache, estimate_bytes
+from crag_integrations.testing import save_tiny_checkpoint
 
 QUERY = "what causes rain?"
 TEXTS = [
@@ -143,3 +144,86 @@ def test_failed_requests_are_not_cached(reranker_path: str) -> None:
         with pytest.raises(ValueError, match="Shorten the query"):
             engine.score_pairs(pairs)
     assert engine.cache_info().size == 0
+
+
+# --------------------------------------------------------------------------------------
+# The byte bound
+
+
+def _deep_size(value: object, seen: set[int] | None = None) -> int:
+    """Bytes ``value`` keeps alive, counted object by object (each object once)."""
+    import dataclasses
+    import sys
+
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    size = sys.getsizeof(value)
+    if isinstance(value, tuple):
+        size += sum(_deep_size(item, seen) for item in value)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        size += sum(_deep_size(getattr(value, f.name), seen) for f in dataclasses.fields(value))
+    return size
+
+
+def test_the_byte_estimate_is_close_to_what_results_keep_alive(
+    reranker_path: str, highlighter_path: str
+) -> None:
+    """estimate_bytes of real results is within a factor of two of their measured size (it
+    may count rows shared by two fields twice: an upper estimate)."""
+    long_text = " ".join(TEXTS) * 6
+    sequence = get_engine(reranker_path, max_length=64, cache_size=0).score_pairs(
+        [(QUERY, long_text)]
+    )[0]
+    tokens = get_engine(highlighter_path, max_length=64, cache_size=0).token_scores(
+        [(QUERY, long_text)]
+    )[0]
+    for value in (sequence, tokens, long_text, ("sequence", 64, 128, QUERY, long_text)):
+        measured = _deep_size(value)
+        assert measured / 2 <= estimate_bytes(value) <= measured * 2, (type(value), measured)
+
+
+def test_the_byte_bound_evicts_least_recently_used_entries() -> None:
+    """Beyond max_bytes the oldest entries go; an entry larger than the bound is not kept."""
+    each = estimate_bytes(("k", 0)) + estimate_bytes("v" * 100)
+    cache = ScoreCache(capacity=100, max_bytes=3 * each)
+    for index in range(5):
+        cache.put(("k", index), "v" * 100)
+    info = cache.info()
+    assert (info.size, info.bytes, info.max_bytes) == (3, 3 * each, 3 * each)
+    assert cache.get(("k", 0)) is None and cache.get(("k", 4)) == "v" * 100
+    cache.put(("k", 9), "v" * 10_000)  # alone above the bound
+    assert cache.get(("k", 9)) is None and cache.info().size == 3
+    cache.grow(100, max_bytes=1)  # never lowers
+    assert cache.max_bytes == 3 * each
+
+
+def test_the_engines_cache_stays_within_its_configured_bytes(tmp_path: Path) -> None:
+    """cache_bytes bounds what a model's cache holds and is shown in cache_info()."""
+    # A model of its own: a shared cache's bounds are the largest of its engines'.
+    path = str(save_tiny_checkpoint(tmp_path / "bytes", seed=8))
+    bound = 40_000
+    engine = get_engine(path, max_length=72, cache_size=10_000, cache_bytes=bound)
+    pairs = [(f"query {i}", text * 3) for i in range(40) for text in TEXTS]
+    engine.score_pairs(pairs)
+    info = engine.cache_info()
+    assert (info.capacity, info.max_bytes) == (10_000, bound)
+    assert 0 < info.bytes <= bound
+    assert info.size < len(pairs)  # evicted by bytes, far below the entry bound
+    assert get_engine(path, max_length=72, cache_bytes=bound * 2).cache_info().max_bytes == (
+        bound * 2
+    )
+
+
+def test_cache_bytes_zero_disables_the_cache_and_negative_is_refused(reranker_path: str) -> None:
+    """cache_bytes=0 reads and writes nothing, like cache_size=0."""
+    from crag_integrations import EngineConfig
+
+    engine = get_engine(reranker_path, max_length=90, cache_bytes=0)
+    engine.score_pairs([(QUERY, TEXTS[1])])
+    passes = engine.forward_passes
+    engine.score_pairs([(QUERY, TEXTS[1])])
+    assert engine.forward_passes == passes + 1
+    with pytest.raises(ValueError, match="cache_bytes"):
+        EngineConfig(model="m", cache_bytes=-1)

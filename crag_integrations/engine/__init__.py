@@ -8,7 +8,13 @@ tokenizer (fast tokenizers are not safe to share across threads: "Already borrow
 Callers, sync or async, submit requests to that owner's queue and wait on a future; the
 owner drains every request waiting in the queue, tokenizes them, packs all their windows
 into length-sorted, token-budgeted batches, runs the forward passes and hands each caller
-its own results. Concurrent callers therefore share forward passes.
+its own results. Concurrent callers therefore share forward passes, and a pair another
+caller is computing is waited for rather than computed twice.
+
+Each pair succeeds or fails on its own: text the tokenizer cannot read (a lone surrogate)
+is refused before tokenizing, a failing tokenizer call or forward pass is narrowed down to
+the pairs that cause it, and only the calls that asked for those pairs raise (naming
+``pairs[i]``). After ``os.fork()`` the child loads its own copy on first use.
 
 Pipeline of one drain: pre-process (validate, tokenize, window) -> forward (pad, run) ->
 post-process (regroup windows, merge token probabilities) -> deliver.
@@ -18,7 +24,8 @@ Modules, from the public face down:
 - :mod:`~crag_integrations.engine.registry`: :func:`get_engine` / :func:`release_engines`.
 - :mod:`~crag_integrations.engine.cross_encoder_engine`: :class:`CrossEncoderEngine`, the
   verbs, the score-cache lookup.
-- :mod:`~crag_integrations.engine.cache`: the LRU score cache shared by a model's engines.
+- :mod:`~crag_integrations.engine.cache`: the LRU score cache shared by a model's engines
+  (bounded by entries and by estimated bytes) and the pairs in flight.
 - :mod:`~crag_integrations.engine.runner`: the owner thread, its queue, the forward pass.
 - :mod:`~crag_integrations.engine.batching`: a drain's pure steps (encode, pack, merge).
 - :mod:`~crag_integrations.engine.windows`: pairs into overlapping windows (also used by

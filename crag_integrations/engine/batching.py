@@ -10,7 +10,7 @@ back together. Nothing here imports torch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from crag_integrations.engine.requests import Request, Window
 from crag_integrations.engine.windows import (
@@ -48,66 +48,82 @@ def default_token_budget(device: str) -> int:
 
 def encode_requests(
     loaded: LoadedModel, requests: Sequence[Request]
-) -> list[list[list[Window]] | Exception]:
+) -> list[list[list[Window] | Exception]]:
     """Tokenize every request of a drain into windows, in as few tokenizer calls as possible.
 
-    Returns, per request, one list of windows per pair, or the exception that request
-    alone fails with (a query that leaves no room for text). Pairs of all requests that
-    share (max_length, clamped stride, task) go through one :func:`encode_windows` call,
-    one batched tokenizer call that the Rust tokenizer parallelises; a pair's windows
-    depend only on its own query, text, max_length and stride, never on what else shares
-    the call.
+    Returns, per request and pair: the pair's windows, or the exception that pair alone
+    fails with (a query that leaves no room for text; anything the tokenizer raises on
+    it). Pairs of all requests that share (max_length, clamped stride, task) go through
+    one :func:`encode_windows` call, one batched tokenizer call that the Rust tokenizer
+    parallelises; a pair's windows depend only on its own query, text, max_length and
+    stride, never on what else shares the call. If a batched call raises, its pairs are
+    encoded one by one, so only the pairs that really fail get the error.
     """
     tokenizer = loaded.tokenizer
-    query_tokens = count_query_tokens(
-        tokenizer, (query for request in requests for query, _ in request.pairs)
-    )
-    results: list[list[list[Window]] | Exception] = []
+    queries = [query for request in requests for query, _ in request.pairs]
+    try:
+        query_tokens: dict[str, int | Exception] = dict(count_query_tokens(tokenizer, queries))
+    except Exception:
+        query_tokens = {}
+        for query in set(queries):
+            try:
+                query_tokens.update(count_query_tokens(tokenizer, [query]))
+            except Exception as exc:
+                query_tokens[query] = exc
+    results: list[list[list[Window] | Exception]] = []
     groups: dict[tuple[int, int, bool], list[tuple[int, int]]] = {}
     for request_index, request in enumerate(requests):
         max_length = request.max_length or loaded.default_max_length
-        members: list[tuple[tuple[int, int, bool], int]] = []
-        failure: Exception | None = None
+        outcomes: list[list[Window] | Exception] = []
         for pair_index, (query, _text) in enumerate(request.pairs):
+            counted = query_tokens[query]
+            if isinstance(counted, Exception):
+                outcomes.append(counted)
+                continue
             try:
                 stride = clamp_stride(
                     request.stride,
                     max_length=max_length,
-                    query_tokens=query_tokens[query],
+                    query_tokens=counted,
                     special_tokens=loaded.special_tokens_in_pair,
                 )
             except ValueError as exc:
-                failure = exc
-                break
-            members.append(((max_length, stride, request.task == "token"), pair_index))
-        if failure is not None:
-            results.append(failure)
-            continue
-        results.append([[] for _ in request.pairs])
-        for key, pair_index in members:
+                outcomes.append(exc)
+                continue
+            outcomes.append([])
+            key = (max_length, stride, request.task == "token")
             groups.setdefault(key, []).append((request_index, pair_index))
+        results.append(outcomes)
 
     with_types = "token_type_ids" in loaded.input_names
-    for (max_length, stride, with_offsets), members_of_group in groups.items():
-        encoded = encode_windows(
-            tokenizer,
-            [requests[r].pairs[p] for r, p in members_of_group],
-            max_length=max_length,
-            stride=stride,
-            with_offsets=with_offsets,
-            with_token_type_ids=with_types,
-            query_tokens=query_tokens,
-        )
-        for (request_index, pair_index), pair_windows in zip(
-            members_of_group, encoded, strict=True
-        ):
-            # The stride was clamped above, so no pair of a group can fail here.
-            assert not isinstance(pair_windows, ValueError)
+    counts = {q: n for q, n in query_tokens.items() if not isinstance(n, Exception)}
+    for (max_length, stride, with_offsets), members in groups.items():
+        options: dict[str, Any] = {
+            "max_length": max_length,
+            "stride": stride,
+            "with_offsets": with_offsets,
+            "with_token_type_ids": with_types,
+            "query_tokens": counts,
+        }
+        pairs = [requests[r].pairs[p] for r, p in members]
+        encoded: list[Any]
+        try:
+            encoded = encode_windows(tokenizer, pairs, **options)
+        except Exception:
+            encoded = []
+            for pair in pairs:  # find the pairs that fail; the others are encoded alone
+                try:
+                    encoded.extend(encode_windows(tokenizer, [pair], **options))
+                except Exception as exc:
+                    encoded.append(exc)
+        for (request_index, pair_index), pair_windows in zip(members, encoded, strict=True):
             target = results[request_index]
-            assert not isinstance(target, Exception)
-            target[pair_index].extend(
-                _window(request_index, pair_index, window) for window in pair_windows
-            )
+            if isinstance(pair_windows, Exception):
+                target[pair_index] = pair_windows
+                continue
+            windows = target[pair_index]
+            assert not isinstance(windows, Exception)
+            windows.extend(_window(request_index, pair_index, window) for window in pair_windows)
     return results
 
 
@@ -154,13 +170,21 @@ def bucket_length(length: int) -> int:
 
 
 def merge_token_windows(windows: Sequence[Window]) -> TokenScores:
-    """Stitch overlapping windows of one text back into one token sequence (mean probs)."""
+    """One text's token probabilities: each window's as computed, and pooled by the mean.
+
+    Every window keeps its own probabilities and the slice of the text's tokens it read
+    (span rules that read windows on their own, as acl-verbatim's ``.process()`` does,
+    need them); ``TokenScores.probabilities`` averages the windows that read a token.
+    """
     offsets: list[tuple[int, int]] = []
-    sums: list[list[float]] = []
+    # Per token: the first window's vector, then the running sum if other windows read it.
+    pooled: list[tuple[float, ...]] = []
     counts: list[int] = []
+    ranges: list[tuple[int, int]] = []
+    per_window: list[tuple[tuple[float, ...], ...]] = []
     for window in windows:
         assert window.text_offsets is not None
-        probs: list[list[float]] = window.output
+        probs = tuple(tuple(row) for row in window.output)
         window_offsets = window.text_offsets
         start = len(offsets)
         if offsets and window_offsets:
@@ -175,15 +199,23 @@ def merge_token_windows(windows: Sequence[Window]) -> TokenScores:
         for position, (offset, prob) in enumerate(zip(window_offsets, probs, strict=True)):
             index = start + position
             if index < len(offsets):
-                sums[index] = [a + b for a, b in zip(sums[index], prob, strict=True)]
+                pooled[index] = tuple(a + b for a, b in zip(pooled[index], prob, strict=True))
                 counts[index] += 1
             else:
                 offsets.append(offset)
-                sums.append(list(prob))
+                pooled.append(prob)
                 counts.append(1)
+        ranges.append((start, start + len(window_offsets)))
+        per_window.append(probs)
+    # A token read by one window keeps that window's own tuple: no second copy is held.
     probabilities = tuple(
-        tuple(value / count for value in total) for total, count in zip(sums, counts, strict=True)
+        total if count == 1 else tuple(value / count for value in total)
+        for total, count in zip(pooled, counts, strict=True)
     )
     return TokenScores(
-        offsets=tuple(offsets), probabilities=probabilities, num_windows=len(windows)
+        offsets=tuple(offsets),
+        probabilities=probabilities,
+        num_windows=len(windows),
+        window_ranges=tuple(ranges),
+        window_probabilities=tuple(per_window),
     )

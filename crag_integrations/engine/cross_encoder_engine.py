@@ -3,37 +3,121 @@
 An engine is one :class:`~crag_integrations.config.EngineConfig` (windowing, batching and
 cache settings) on one :class:`~crag_integrations.engine.runner.ModelRunner` (the loaded
 weights, shared by every engine whose configuration names the same weights). A call first
-answers what the score cache holds, then sends the remaining unique pairs to the runner as
+checks its inputs, answers what the score cache holds, joins the computations of pairs
+other callers are already running, then sends the remaining unique pairs to the runner as
 one request and puts the results back in input order.
+
+Each pair succeeds or fails on its own: the runner returns one outcome per pair (a result
+or the exception that pair alone raised), and a call raises for its first failing pair,
+naming it (``pairs[i]``). The runner is bound lazily, on first use: getting an engine
+imports no torch and takes no lock an event loop could wait on.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+import contextlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from crag_integrations.config import EngineConfig
 from crag_integrations.engine.batching import default_token_budget
-from crag_integrations.engine.cache import CacheInfo
+from crag_integrations.engine.cache import CacheInfo, InFlight, Joined
 from crag_integrations.engine.requests import Pair, Request, Task
 from crag_integrations.engine.runner import ModelRunner
 from crag_integrations.errors import IncompatibleModelError
+from crag_integrations.inputs import unencodable
 from crag_integrations.types import ModelHead, SequenceScores, TokenScores
 
 __all__ = ["CrossEncoderEngine"]
 
+_T = TypeVar("_T")
+
+
+def _check_encodable(pairs: Sequence[Pair]) -> None:
+    """Raise ``ValueError`` naming the first pair with text the tokenizer cannot read."""
+    last_query: str | None = None
+    for index, (query, text) in enumerate(pairs):
+        if query is not last_query:
+            problem = unencodable(query)
+            if problem is not None:
+                raise ValueError(f"pairs[{index}]: the query has {problem}")
+            last_query = query
+        problem = unencodable(text)
+        if problem is not None:
+            raise ValueError(f"pairs[{index}]: the text has {problem}")
+
+
+def _pair_error(exc: BaseException, position: int) -> BaseException:
+    """A fresh exception for the caller whose ``pairs[position]`` failed with ``exc``.
+
+    Fresh, because one failure can reach several callers (and threads) at once; of the
+    same type where it can be rebuilt from a message, chained to the original.
+    """
+    message = f"pairs[{position}]: {exc}"
+    error: BaseException
+    try:
+        error = type(exc)(message)
+    except Exception:  # an exception type that cannot be built from one message
+        error = RuntimeError(message)
+    error.__cause__ = exc
+    return error
+
+
+async def _wait(future: Future[_T]) -> _T:
+    """Await a concurrent future without cancelling it when the awaiting task is cancelled.
+
+    ``asyncio.wrap_future`` would cancel the shared future along with one caller; other
+    callers may be waiting for the same computation.
+    """
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[_T] = loop.create_future()
+
+    def transfer(source: Future[_T]) -> None:
+        if waiter.done():
+            return
+        if source.cancelled():
+            waiter.cancel()
+            return
+        error = source.exception()
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(source.result())
+
+    def done(source: Future[_T]) -> None:
+        # A closed loop (even one closing in between) has nobody waiting any more.
+        if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(transfer, source)
+
+    future.add_done_callback(done)
+    return await waiter
+
 
 @dataclass
 class _Plan:
-    """A call split into cached results and the unique pairs that still need the model."""
+    """A call split into cached results, joined computations and the pairs it computes."""
 
     results: list[Any]
-    keys: list[tuple[Any, ...]] | None
-    missing: list[Pair]
-    #: For each missing pair, the positions in ``results`` it fills.
-    positions: list[list[int]]
+    #: The unique pairs this call computes, and for each the input positions it fills.
+    missing: list[Pair] = field(default_factory=list)
+    positions: list[list[int]] = field(default_factory=list)
+    #: Pairs other callers are computing, and for each the input positions it fills.
+    joined: list[tuple[Joined, list[int]]] = field(default_factory=list)
+    #: This call's claim on its missing pairs in the score cache (cache on only).
+    flight: InFlight | None = None
+    request: Request | None = None
+
+    @property
+    def flights(self) -> list[InFlight]:
+        """Every computation this call waits for, once each."""
+        flights = {id(j.flight): j.flight for j, _ in self.joined}
+        if self.flight is not None and self.flight.keys:
+            flights[id(self.flight)] = self.flight
+        return list(flights.values())
 
 
 class CrossEncoderEngine:
@@ -43,7 +127,13 @@ class CrossEncoderEngine:
     async verbs (``a``-prefixed) await the same request without blocking the event loop.
     Results come back in input order whatever order the batches ran in. Pairs scored
     before (same task, window length, stride, query and text) are answered from the
-    model's score cache without a forward pass; see :meth:`cache_info`.
+    model's score cache without a forward pass, and a pair another caller is computing
+    right now is waited for, not computed twice; see :meth:`cache_info`.
+
+    Every pair succeeds or fails on its own: a text the tokenizer cannot read, a query
+    that leaves no room for text, or a forward pass that fails on a pair's windows fails
+    the calls that asked for that pair (``pairs[i]`` in the message), never the callers
+    whose pairs happened to share a drain or a batch with it.
 
     Example:
         >>> engine = get_engine("cross-encoder/ms-marco-MiniLM-L6-v2", device="cpu")
@@ -51,14 +141,29 @@ class CrossEncoderEngine:
         False
     """
 
-    def __init__(self, config: EngineConfig, runner: ModelRunner) -> None:
+    def __init__(
+        self, config: EngineConfig, runner_for: Callable[[EngineConfig], ModelRunner]
+    ) -> None:
         self.config = config
-        self._runner = runner
-        runner.cache.grow(config.cache_size)
+        self._runner_for = runner_for
+        self._bound: ModelRunner | None = None
 
     def __repr__(self) -> str:
-        state = "loaded" if self._runner.is_loaded else "not loaded"
+        state = "loaded" if self.is_loaded else "not loaded"
         return f"CrossEncoderEngine({self.config.model!r}, {state})"
+
+    @property
+    def _runner(self) -> ModelRunner:
+        """The runner of this engine's weights, bound on first use (imports torch)."""
+        runner = self._bound
+        if runner is None:
+            # Concurrent first uses all get the registry's one runner for these weights.
+            runner = self._bound = self._runner_for(self.config)
+        return runner
+
+    def _unbind(self) -> None:
+        """Forget the runner (after a fork: the next use binds the child's own)."""
+        self._bound = None
 
     # -- introspection -------------------------------------------------------------------
 
@@ -68,9 +173,38 @@ class CrossEncoderEngine:
         return self._runner.loaded.head
 
     @property
+    def model_max_length(self) -> int:
+        """The most tokens one window of this checkpoint can hold (loads the model).
+
+        The smaller of the tokenizer's ``model_max_length`` (when it declares one) and the
+        positions the model can embed: the size of its absolute position table (less the
+        offset RoBERTa-style models start at), or, for models without one (rotary or
+        relative positions: ModernBERT, DeBERTa-v2), ``max_position_embeddings``.
+        """
+        return self._runner.loaded.default_max_length
+
+    @property
     def max_length(self) -> int:
-        """Tokens per window (loads the model on first access)."""
-        return self.config.max_length or self._runner.loaded.default_max_length
+        """Tokens per window (loads the model on first access).
+
+        Raises:
+            ValueError: The configured ``max_length`` is above :attr:`model_max_length`.
+        """
+        return self._window_length(self.config.max_length)
+
+    def _window_length(self, requested: int | None) -> int:
+        loaded = self._runner.loaded
+        limit = loaded.default_max_length
+        if requested is None:
+            return limit
+        if requested > limit:
+            raise ValueError(
+                f"max_length={requested} is more than the {limit} tokens one window of "
+                f"{self.config.model!r} can hold ({loaded.length_limit_reason}); use "
+                f"max_length <= {limit}, or None for the model's limit (longer texts are "
+                "split into windows either way)"
+            )
+        return requested
 
     @property
     def device(self) -> str:
@@ -95,9 +229,18 @@ class CrossEncoderEngine:
         return default_token_budget(self.device)
 
     @property
+    def token_budget_cap(self) -> int | None:
+        """The lowered budget in force after an out-of-memory split, or ``None``.
+
+        It doubles after every :data:`~crag_integrations.engine.runner.BUDGET_RECOVERY_BATCHES`
+        batches that run without one, and is lifted once it reaches the configured budget.
+        """
+        return self._runner.budget_cap
+
+    @property
     def is_loaded(self) -> bool:
         """Whether the weights are in memory."""
-        return self._runner.is_loaded
+        return self._bound is not None and self._bound.is_loaded
 
     @property
     def load_count(self) -> int:
@@ -128,9 +271,10 @@ class CrossEncoderEngine:
         return self._runner.oom_splits
 
     def cache_info(self) -> CacheInfo:
-        """Hits, misses, size and capacity of the score cache shared by this model's engines.
+        """Hits, misses, size, bounds and estimated bytes of this model's score cache.
 
-        Engines configured with ``cache_size=0`` neither read nor write it.
+        Engines configured with ``cache_size=0`` or ``cache_bytes=0`` neither read nor
+        write it.
         """
         return self._runner.cache.info()
 
@@ -139,16 +283,20 @@ class CrossEncoderEngine:
         self._runner.cache.clear()
 
     def load(self) -> ModelHead:
-        """Load the weights now (otherwise the first call does) and return the head."""
-        return self.head
+        """Load the weights now (otherwise the first call does) and return the head.
+
+        Raises:
+            ValueError: The configured ``max_length`` is above what the checkpoint reads.
+        """
+        head = self.head
+        _ = self.max_length  # validated against the checkpoint as soon as it is known
+        return head
 
     async def aload(self) -> ModelHead:
-        """Async :meth:`load`: loading runs in a worker thread, once."""
-        if self._runner.is_loaded:
-            return self.head
+        """Async :meth:`load`: binding (torch import) and loading run in a worker thread."""
+        if self.is_loaded:
+            return self.load()
         return await asyncio.to_thread(self.load)
-
-    # -- scoring -------------------------------------------------------------------------
 
     def _check_head(self, task: Task) -> None:
         head = self.head
@@ -161,64 +309,128 @@ class CrossEncoderEngine:
 
     def _plan(
         self, task: Task, pairs: Sequence[Pair], max_length: int | None, stride: int | None
-    ) -> tuple[_Plan, Request | None]:
-        """Answer what the cache can; build one request for the unique remaining pairs."""
+    ) -> _Plan:
+        """Check the inputs, answer what the cache can, claim or join the rest."""
         self._check_head(task)
         clean = [(str(q), str(t)) for q, t in pairs]
-        length = max_length or self.max_length
+        _check_encodable(clean)
+        length = self._window_length(max_length or self.config.max_length)
         step = self.config.stride if stride is None else stride
-        results: list[Any] = [None] * len(clean)
-        keys: list[tuple[Any, ...]] | None = None
-        if self.config.cache_size > 0:
-            keys = [(task, length, step, q, t) for q, t in clean]
-            results = self._runner.cache.get_many(list(keys))
-        where: dict[Pair, list[int]] = {}
-        for index, (pair, found) in enumerate(zip(clean, results, strict=True)):
-            if found is None:
+        budget = self.token_budget
+        runner = self._runner
+        if self.config.uses_cache:
+            found, flight = runner.cache.claim([(task, length, step, q, t) for q, t in clean])
+            if flight is None and not any(type(value) is Joined for value in found):
+                return _Plan(results=found)  # every pair cached: the steady state
+            plan = _Plan(results=[None] * len(clean), flight=flight)
+            joined: dict[tuple[int, int], int] = {}
+            for index, (pair, value) in enumerate(zip(clean, found, strict=True)):
+                if value is None:  # claimed: this call computes it
+                    plan.missing.append(pair)
+                    plan.positions.append([index])
+                elif not isinstance(value, Joined):
+                    plan.results[index] = value
+                elif value.flight is plan.flight:  # a duplicate within this call
+                    plan.positions[value.index].append(index)
+                else:
+                    slot = joined.setdefault((id(value.flight), value.index), len(plan.joined))
+                    if slot == len(plan.joined):
+                        plan.joined.append((value, []))
+                    plan.joined[slot][1].append(index)
+        else:
+            plan = _Plan(results=[None] * len(clean))
+            where: dict[Pair, list[int]] = {}
+            for index, pair in enumerate(clean):
                 where.setdefault(pair, []).append(index)
-        plan = _Plan(
-            results=results, keys=keys, missing=list(where), positions=list(where.values())
-        )
-        if not plan.missing:
-            return plan, None
-        request = Request(
-            task=task,
-            pairs=plan.missing,
-            max_length=length,
-            stride=step,
-            token_budget=self.token_budget,
-            max_wait_s=self.config.max_wait_ms / 1000.0,
-            max_queue=self.config.max_queue,
-        )
-        return plan, request
+            plan.missing, plan.positions = list(where), list(where.values())
+        if plan.missing:
+            plan.request = Request(
+                task=task,
+                pairs=plan.missing,
+                max_length=length,
+                stride=step,
+                token_budget=budget,
+                max_wait_s=self.config.max_wait_ms / 1000.0,
+                max_queue=self.config.max_queue,
+            )
+            if plan.flight is not None:
+                flight, cache = plan.flight, runner.cache
+                plan.request.future = flight.future
+                flight.future.add_done_callback(lambda _done: cache.settle(flight))
+        return plan
 
-    def _complete(self, plan: _Plan, computed: Sequence[Any]) -> list[Any]:
-        stored: list[tuple[Any, Any]] = []
-        for value, positions in zip(computed, plan.positions, strict=True):
+    @staticmethod
+    def _fail_submission(plan: _Plan, exc: BaseException) -> None:
+        """The request never reached the owner: fail it, so joined callers do not wait."""
+        assert plan.request is not None
+        if plan.request.future.set_running_or_notify_cancel():
+            plan.request.future.set_exception(exc)
+
+    def _abandon(self, plan: _Plan) -> None:
+        """This caller stopped waiting (cancelled, timed out): let go of its computations."""
+        flights = plan.flights
+        if flights:
+            self._runner.cache.abandon(flights)
+        elif plan.request is not None:
+            plan.request.future.cancel()  # nobody else waits for an uncached request
+
+    @staticmethod
+    def _complete(plan: _Plan, own: Sequence[Any], joined: Sequence[Any]) -> list[Any]:
+        """Put every outcome in place; raise for the first input position that failed."""
+        failure: tuple[int, BaseException] | None = None
+        outcomes = list(zip(own, plan.positions, strict=True))
+        outcomes += [
+            (value, positions) for value, (_, positions) in zip(joined, plan.joined, strict=True)
+        ]
+        for value, positions in outcomes:
+            if isinstance(value, BaseException):
+                if failure is None or positions[0] < failure[0]:
+                    failure = (positions[0], value)
+                continue
             for position in positions:
                 plan.results[position] = value
-            if plan.keys is not None:
-                stored.append((plan.keys[positions[0]], value))
-        if stored:
-            self._runner.cache.put_many(stored)
+        if failure is not None:
+            raise _pair_error(failure[1], failure[0])
         return plan.results
 
     def _run(
         self, task: Task, pairs: Sequence[Pair], max_length: int | None, stride: int | None
     ) -> list[Any]:
-        plan, request = self._plan(task, pairs, max_length, stride)
-        if request is None:
+        plan = self._plan(task, pairs, max_length, stride)
+        if plan.request is None and not plan.joined:
             return plan.results
-        return self._complete(plan, self._runner.submit(request).result())
+        own: list[Any] = []
+        if plan.request is not None:
+            try:
+                self._runner.submit(plan.request)
+            except BaseException as exc:
+                self._fail_submission(plan, exc)
+                raise
+            own = plan.request.future.result()
+        joined = [j.flight.future.result()[j.index] for j, _ in plan.joined]
+        return self._complete(plan, own, joined)
 
     async def _arun(
         self, task: Task, pairs: Sequence[Pair], max_length: int | None, stride: int | None
     ) -> list[Any]:
         await self.aload()
-        plan, request = self._plan(task, pairs, max_length, stride)
-        if request is None:
-            return plan.results
-        return self._complete(plan, await self._runner.asubmit(request))
+        plan = self._plan(task, pairs, max_length, stride)
+        try:
+            own: list[Any] = []
+            if plan.request is not None:
+                try:
+                    await self._runner.aenqueue(plan.request)
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:
+                    self._fail_submission(plan, exc)
+                    raise
+                own = await _wait(plan.request.future)
+            joined = [(await _wait(j.flight.future))[j.index] for j, _ in plan.joined]
+        except asyncio.CancelledError:
+            self._abandon(plan)
+            raise
+        return self._complete(plan, own, joined)
 
     def score_pairs(
         self,
@@ -263,6 +475,9 @@ class CrossEncoderEngine:
         """Per-token label probabilities of each pair's text, in input order.
 
         Offsets are character offsets into the text (the second element of each pair).
+        Each window's probabilities are returned as its forward pass gave them
+        (``window_ranges``, ``window_probabilities``), beside their mean over the windows
+        that read a token (``probabilities``).
         """
         if not pairs:
             return []

@@ -29,6 +29,7 @@ __all__ = [
     "check_overflow_windows",
     "load_model",
     "read_head",
+    "window_length_limit",
     "windows_cover_text",
 ]
 
@@ -63,6 +64,8 @@ class LoadedModel:
     special_tokens_in_pair: int
     attention: str = "eager"
     compiled: bool = False
+    #: Why ``default_max_length`` is the most a window can hold (for error messages).
+    length_limit_reason: str = "the model's limit"
 
 
 def _offline_from_env() -> bool:
@@ -116,9 +119,16 @@ def check_overflow_windows(tokenizer: Any, model_name: str) -> None:
     Raises:
         IncompatibleModelError: The windows of the probe text miss some of its tokens.
     """
-    text = tokenizer(_PROBE_TEXT, add_special_tokens=False, return_offsets_mapping=True)
+    # verbose=False: the probe is longer than small models' limit on purpose; without it
+    # transformers warns "Token indices sequence length is longer than the specified
+    # maximum sequence length ... will result in indexing errors" on every load.
+    text = tokenizer(
+        _PROBE_TEXT, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+    )
     text_offsets = [tuple(o) for o in text["offset_mapping"]]
-    query_tokens = len(tokenizer(_PROBE_QUERY, add_special_tokens=False)["input_ids"])
+    query_tokens = len(
+        tokenizer(_PROBE_QUERY, add_special_tokens=False, verbose=False)["input_ids"]
+    )
     room = max(8, len(text_offsets) // 4)
     encoding = tokenizer(
         _PROBE_QUERY,
@@ -129,6 +139,7 @@ def check_overflow_windows(tokenizer: Any, model_name: str) -> None:
         return_overflowing_tokens=True,
         return_offsets_mapping=True,
         padding=False,
+        verbose=False,
     )
     windows = [
         [
@@ -148,6 +159,49 @@ def check_overflow_windows(tokenizer: Any, model_name: str) -> None:
             "drops text from overflow windows, so long documents would be silently "
             "truncated. Upgrade transformers (5.23 is tested; 5.17.0 is known to do this)."
         )
+
+
+def _position_table_size(model: Any) -> int | None:
+    """Positions an absolute position-embedding table can embed, or ``None`` without one.
+
+    RoBERTa-style embeddings (those with a ``padding_idx``) number positions from
+    ``padding_idx + 1``, so a 514-row table holds 512 positions.
+    """
+    import torch
+
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None) or model
+    embeddings = getattr(base, "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if not isinstance(table, torch.nn.Embedding):
+        return None  # rotary (ModernBERT) or relative-only (DeBERTa-v2 without absolute)
+    size = int(table.num_embeddings)
+    padding = getattr(embeddings, "padding_idx", None)
+    if isinstance(padding, int) and 0 <= padding < size:
+        size -= padding + 1
+    return size
+
+
+def window_length_limit(model: Any, config: Any, tokenizer: Any) -> tuple[int, str]:
+    """The most tokens one window may hold, and why.
+
+    The smaller of the tokenizer's ``model_max_length`` (when it declares one: below a
+    million) and the model's positions: its absolute position table where it has one (a
+    longer window crashes inside torch), else ``max_position_embeddings`` (rotary and
+    relative models run past it, but were not trained to). 512 when neither is known.
+    """
+    limits: list[tuple[int, str]] = []
+    declared = int(tokenizer.model_max_length)
+    if 0 < declared < 1_000_000:
+        limits.append((declared, f"its tokenizer's model_max_length is {declared}"))
+    table = _position_table_size(model)
+    positions = int(getattr(config, "max_position_embeddings", 0) or 0)
+    if table is not None:
+        limits.append((table, f"its position embeddings hold {table} positions"))
+    elif positions > 0:
+        limits.append((positions, f"its max_position_embeddings is {positions}"))
+    if not limits:
+        return 512, "it declares no limit; 512 is assumed"
+    return min(limits)
 
 
 def read_head(config: Any, model_name: str) -> ModelHead:
@@ -249,11 +303,7 @@ def load_model(key: LoadKey) -> LoadedModel:
     model.to(device)
     model.eval()
 
-    limits = [int(getattr(config, "max_position_embeddings", 0) or 0)]
-    if 0 < tokenizer.model_max_length < 1_000_000:
-        limits.append(int(tokenizer.model_max_length))
-    positive = [limit for limit in limits if limit > 0]
-    default_max_length = min(positive) if positive else 512
+    default_max_length, length_limit_reason = window_length_limit(model, config, tokenizer)
 
     accepted = set(inspect.signature(model.forward).parameters)
     input_names = tuple(
@@ -275,4 +325,5 @@ def load_model(key: LoadKey) -> LoadedModel:
         special_tokens_in_pair=int(tokenizer.num_special_tokens_to_add(pair=True)),
         attention=attention,
         compiled=key.compile,
+        length_limit_reason=length_limit_reason,
     )

@@ -16,9 +16,10 @@ def disable_progress_bars() -> None:
     """
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     if "huggingface_hub" in sys.modules:
-        import huggingface_hub
+        # Re-exported without __all__, which strict mypy reads as private.
+        from huggingface_hub.utils import disable_progress_bars as disable_hub_bars  # type: ignore[attr-defined]
 
-        huggingface_hub.disable_progress_bars()
+        disable_hub_bars()
     if "transformers" in sys.modules:
         import transformers
 

@@ -24,8 +24,8 @@ class Request:
     token_budget: int
     max_wait_s: float = 0.0
     max_queue: int = 1024
+    #: Resolves to one outcome per pair: its result, or the exception that pair failed with.
     future: Future[Any] = field(default_factory=Future)
-    failed: bool = False
 
     @property
     def estimated_tokens(self) -> int:

@@ -4,9 +4,17 @@ Fast tokenizers are not safe to share across threads ("Already borrowed"), so ea
 model has exactly one owner thread that holds the model and its tokenizer. Callers, sync or
 async, put requests on the owner's bounded queue and wait on a future; the owner drains
 every request waiting in the queue, windows them, packs all their windows into
-length-sorted, token-budgeted batches, runs the forward passes (splitting a batch in half
-on an accelerator out-of-memory error) and hands each caller its own results. Concurrent
-callers therefore share forward passes.
+length-sorted, token-budgeted batches, runs the forward passes and hands each caller its
+own results. Concurrent callers therefore share forward passes.
+
+Failures stay with the pairs that cause them. A request's result is one outcome per pair:
+its result, or the exception that pair alone failed with. A pair whose encoding fails gets
+that error; a forward pass that fails is retried on halves of its pairs until the failing
+pairs are found (for a failure caused by one pair: about ``2 log2(pairs)`` extra passes),
+so every other pair of the batch still gets its result. An accelerator out-of-memory error
+first splits the batch in half and lowers the token budget of later batches; the lowered
+budget doubles again after every :data:`BUDGET_RECOVERY_BATCHES` batches that run without
+one, until it is back at the configured budget.
 """
 
 from __future__ import annotations
@@ -33,12 +41,17 @@ from crag_integrations.engine.loading import LoadedModel, LoadKey, load_model
 from crag_integrations.engine.requests import Request, Task, Window
 from crag_integrations.types import SequenceScores
 
-__all__ = ["MAX_PAIRS_PER_DRAIN", "ModelRunner"]
+__all__ = ["BUDGET_RECOVERY_BATCHES", "MAX_PAIRS_PER_DRAIN", "ModelRunner"]
 
 logger = logging.getLogger(__name__)
 
 #: Upper bound on pairs coalesced into one drain, so one huge burst cannot starve the queue.
 MAX_PAIRS_PER_DRAIN = 8_192
+
+#: Batches without an out-of-memory error after which a lowered token budget doubles. An
+#: out-of-memory error costs one failed pass, so probing every 16 batches wastes at most
+#: about 6% of passes on a device that really cannot take the larger batches.
+BUDGET_RECOVERY_BATCHES = 16
 
 _STOP = object()
 
@@ -69,12 +82,16 @@ class ModelRunner:
         self._slots = threading.Condition()
         #: Lowered after an out-of-memory split, so later batches do not hit it again.
         self._budget_cap: int | None = None
+        self._batches_since_cap = 0
         self._thread: threading.Thread | None = None
         self._closed = False
 
     @property
     def loaded(self) -> LoadedModel:
         """The model in memory; the first access loads it and starts the owner thread, once."""
+        loaded = self._loaded
+        if loaded is not None and not self._closed:
+            return loaded  # the steady state: no lock
         with self._load_lock:
             if self._closed:
                 raise RuntimeError("this engine was released; call get_engine() again")
@@ -97,6 +114,11 @@ class ModelRunner:
         """Requests waiting for the owner thread right now."""
         return self._pending
 
+    @property
+    def budget_cap(self) -> int | None:
+        """The token budget in force after an out-of-memory split, or ``None``."""
+        return self._budget_cap
+
     def _enqueue(self, request: Request, *, block: bool) -> bool:
         with self._slots:
             while self._pending >= request.max_queue and not self._closed:
@@ -115,14 +137,18 @@ class ModelRunner:
         self._enqueue(request, block=True)
         return request.future
 
-    async def asubmit(self, request: Request) -> Any:
-        """Queue ``request`` and await its result without blocking the event loop."""
+    async def aenqueue(self, request: Request) -> None:
+        """Queue ``request`` without blocking the event loop (loading in a worker thread)."""
         if not self.is_loaded:
             await asyncio.to_thread(lambda: self.loaded)
+        if not self._enqueue(request, block=False):
+            # The queue is full: wait for a slot in a worker thread, not on the loop.
+            await asyncio.to_thread(self._enqueue, request, block=True)
+
+    async def asubmit(self, request: Request) -> Any:
+        """Queue ``request`` and await its outcomes without blocking the event loop."""
         try:
-            if not self._enqueue(request, block=False):
-                # The queue is full: wait for a slot in a worker thread, not on the loop.
-                await asyncio.to_thread(self._enqueue, request, block=True)
+            await self.aenqueue(request)
             # Cancelling this await cancels the concurrent future; the owner skips it.
             return await asyncio.wrap_future(request.future)
         except asyncio.CancelledError:
@@ -209,43 +235,93 @@ class ModelRunner:
     def _process(self, requests: list[Request]) -> None:
         loaded = self._loaded
         assert loaded is not None
-        per_request: list[list[list[Window]] | None] = []
+        encoded = encode_requests(loaded, requests)
+        #: Per request, per pair: ``None`` while pending, else the exception it failed with.
+        failures: list[list[BaseException | None]] = []
         all_windows: list[Window] = []
-        for request, encoded in zip(requests, encode_requests(loaded, requests), strict=True):
-            if isinstance(encoded, Exception):
-                request.failed = True
-                request.future.set_exception(encoded)
-                per_request.append(None)
-                continue
-            per_request.append(encoded)
-            all_windows.extend(window for pair_windows in encoded for window in pair_windows)
+        for pairs in encoded:
+            failures.append([w if isinstance(w, BaseException) else None for w in pairs])
+            for windows in pairs:
+                if not isinstance(windows, BaseException):
+                    all_windows.extend(windows)
 
         token_budget = min(r.token_budget for r in requests)
         if self._budget_cap is not None:
             token_budget = min(token_budget, self._budget_cap)
+        task = requests[0].task  # one model, one head: every request of a drain asks the same
         for batch in pack_batches(all_windows, token_budget):
-            if all(requests[w.request].failed for w in batch):
-                continue
-            try:
-                self._forward_splitting(loaded, batch, requests[batch[0].request].task)
-            except Exception as exc:
-                for owner in {w.request for w in batch}:
-                    if not requests[owner].failed:
-                        requests[owner].failed = True
-                        requests[owner].future.set_exception(exc)
+            live = [w for w in batch if failures[w.request][w.pair] is None]
+            if live:
+                self._run_narrowing(loaded, live, task, failures)
+                self._note_batch_done(min(r.token_budget for r in requests))
 
-        for request, request_windows in zip(requests, per_request, strict=True):
-            if request.failed or request_windows is None:
-                continue
-            results: list[Any]
-            if request.task == "sequence":
-                results = [
-                    SequenceScores(window_logits=tuple(w.output for w in pair_windows))
-                    for pair_windows in request_windows
-                ]
-            else:
-                results = [merge_token_windows(pair_windows) for pair_windows in request_windows]
-            request.future.set_result(results)
+        for request, pairs, pair_failures in zip(requests, encoded, failures, strict=True):
+            outcomes: list[Any] = []
+            for windows, failure in zip(pairs, pair_failures, strict=True):
+                if failure is not None:
+                    outcomes.append(failure)
+                    continue
+                assert not isinstance(windows, BaseException)
+                if request.task == "sequence":
+                    outcomes.append(SequenceScores(window_logits=tuple(w.output for w in windows)))
+                else:
+                    outcomes.append(merge_token_windows(windows))
+            request.future.set_result(outcomes)
+
+    def _run_narrowing(
+        self,
+        loaded: LoadedModel,
+        batch: list[Window],
+        task: Task,
+        failures: list[list[BaseException | None]],
+    ) -> None:
+        """Run ``batch``; if it fails, retry halves of its pairs until the failing ones are found.
+
+        A pair is failed only when a batch of its own windows alone fails; its windows stay
+        together, so a pair's windows never land in different outcomes.
+        """
+        failure: Exception | None = None
+        try:
+            self._forward_splitting(loaded, batch, task)
+            return
+        except Exception as exc:
+            failure = exc
+        groups: dict[tuple[int, int], list[Window]] = {}
+        for window in batch:
+            groups.setdefault((window.request, window.pair), []).append(window)
+        if len(groups) == 1:
+            [(request, pair)] = groups
+            failures[request][pair] = failure
+            return
+        logger.warning(
+            "A forward pass over %d pairs failed (%s: %s); retrying halves to find the "
+            "pairs that fail",
+            len(groups),
+            type(failure).__name__,
+            failure,
+        )
+        # Dropped before retrying: its traceback holds the failed pass's frames (activations).
+        failure = None
+        members = list(groups.values())
+        half = len(members) // 2
+        for part in (members[:half], members[half:]):
+            self._run_narrowing(loaded, [w for ws in part for w in ws], task, failures)
+
+    def _note_batch_done(self, configured: int) -> None:
+        """Count a batch run under a lowered budget; double the budget every few of them."""
+        if self._budget_cap is None:
+            return
+        self._batches_since_cap += 1
+        if self._batches_since_cap < BUDGET_RECOVERY_BATCHES:
+            return
+        self._batches_since_cap = 0
+        raised = self._budget_cap * 2
+        self._budget_cap = None if raised >= configured else raised
+        logger.info(
+            "No out-of-memory error in %d batches; token budget raised to %s",
+            BUDGET_RECOVERY_BATCHES,
+            configured if self._budget_cap is None else self._budget_cap,
+        )
 
     def _forward_splitting(self, loaded: LoadedModel, batch: list[Window], task: Task) -> None:
         """Run ``batch``; on out-of-memory, free the cache, halve it and retry each half."""
@@ -264,6 +340,7 @@ class ModelRunner:
         half = len(batch) // 2
         self.oom_splits += 1
         self._budget_cap = half * max(len(w.input_ids) for w in batch)
+        self._batches_since_cap = 0
         logger.warning(
             "Out of memory on a batch of %d windows; retrying as two batches of %d and "
             "capping later batches at %d tokens",

@@ -53,12 +53,15 @@ def count_query_tokens(tokenizer: Any, queries: Iterable[str]) -> dict[str, int]
     distinct = sorted(set(queries))
     if not distinct:
         return {}
-    ids = tokenizer(distinct, add_special_tokens=False)["input_ids"]
+    # verbose=False: a query longer than the model's limit is reported by clamp_stride, not
+    # by transformers' "Token indices sequence length is longer than ..." warning.
+    ids = tokenizer(distinct, add_special_tokens=False, verbose=False)["input_ids"]
     return dict(zip(distinct, (len(row) for row in ids), strict=True))
 
 
 def clamp_stride(stride: int, *, max_length: int, query_tokens: int, special_tokens: int) -> int:
-    """The stride a pair is windowed with: at most half the room its query leaves for text.
+    """The stride a pair is windowed with: as asked while windows still advance, else half
+    the room its query leaves for text.
 
     Args:
         stride: The requested overlap between consecutive windows, in tokens.
@@ -67,7 +70,8 @@ def clamp_stride(stride: int, *, max_length: int, query_tokens: int, special_tok
         special_tokens: Special tokens the tokenizer adds to a pair.
 
     Returns:
-        ``min(stride, room // 2)`` where ``room`` is what the window has left for text.
+        ``stride`` when it is smaller than ``room`` (what the window has left for text), as
+        the tokenizer and the seed highlighter's ``.process()`` take it; else ``room // 2``.
 
     Raises:
         ValueError: The query leaves no room for text within ``max_length``.
@@ -79,8 +83,9 @@ def clamp_stride(stride: int, *, max_length: int, query_tokens: int, special_tok
             f"for the text within max_length={max_length}. Shorten the query or "
             "raise max_length."
         )
-    # Windows must advance: at most half the text room may overlap.
-    return min(stride, room // 2)
+    # Windows must advance: a stride of the whole room (or more) would never move on, and
+    # the tokenizer panics on it; below that, keep the caller's stride exactly.
+    return stride if stride < room else room // 2
 
 
 def encode_windows(
