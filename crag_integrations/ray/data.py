@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -180,7 +181,9 @@ class RayRowScorer:
         context.execution_options.preserve_order = True
         try:
             for chunk in _chunks(rows, self.chunk_rows):
-                blocks = max(1, min(len(chunk) // batch_size, 200))
+                # At least one block per actor, so that a pool of n actors shares the chunk.
+                blocks = max(self.actors, min(math.ceil(len(chunk) / batch_size), 200))
+                blocks = min(blocks, max(1, len(chunk)))
                 scored = score_dataset(
                     ray.data.from_items(chunk, override_num_blocks=blocks),
                     spec,
