@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from crag_integrations.config import EngineConfig, as_engine_config
+from crag_integrations.backends import ModelRef, check_model
 from crag_integrations.errors import IncompatibleModelError
 from crag_integrations.inputs import (
     check_count,
@@ -200,14 +200,14 @@ _CRAG_ADVICE = (
 
 @dataclass(frozen=True, kw_only=True)
 class _Scorer:
-    model: str | EngineConfig
+    model: ModelRef
     scale: ScoreScale = "probability"
     relevant_labels: tuple[str, ...] | None = None
     _reranker: Reranker | None = field(default=None, init=False, repr=False, compare=False)
     _grader: RelevanceGrader | None = field(default=None, init=False, repr=False, compare=False)
 
     def _validate_scorer(self) -> None:
-        as_engine_config(self.model)  # a TypeError for anything but an id, path or config
+        check_model(self.model)  # a TypeError for anything but an id, path, config or backend
         if self.scale not in ("probability", "logit"):
             raise ValueError(f"scale must be 'probability' or 'logit', not {self.scale!r}")
         labels = check_labels("relevant_labels", self.relevant_labels)
@@ -263,7 +263,7 @@ class CragEvaluator(_Scorer):
 
     Args:
         model: A one-logit reranker, a binary grader or a multi-class grader (hub id,
-            local path or :class:`EngineConfig`).
+            local path, :class:`EngineConfig` or a scoring backend).
         upper: Score at or above which a document makes the retrieval ``correct``.
         lower: Score below which every document must fall for ``incorrect``.
         scale: ``"probability"`` (default, any head) or ``"logit"`` (one-logit rerankers).
@@ -405,7 +405,8 @@ class KnowledgeRefiner(_Scorer):
     reference implementation.
 
     Args:
-        model: Reranker or grader (hub id, local path or :class:`EngineConfig`).
+        model: Reranker or grader (hub id, local path, :class:`EngineConfig` or scoring
+            backend).
         mode: ``"sentences"``, ``"sentence_groups"`` or ``"words"``.
         group_size: Sentences per strip for ``sentence_groups``.
         window_words: Words per strip for ``words``.

@@ -15,11 +15,28 @@ it is also built once at construction so that bad settings fail there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Protocol
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    SerializationInfo,
+    model_validator,
+)
 
+from crag_integrations.backends import (
+    SPEC_KEY,
+    ModelRef,
+    ScoringBackend,
+    backend_from_spec,
+    is_scoring_backend,
+)
 from crag_integrations.config import DType, EngineConfig
 from crag_integrations.crag import (
     DEFAULT_LOWER,
@@ -81,34 +98,84 @@ class StageOptions(BaseModel):
         return self
 
 
-_ENGINE_DEFAULTS: dict[str, Any] = {
-    "revision": None,
-    "device": "auto",
-    "dtype": "auto",
-    "max_length": None,
-    "token_budget": None,
-    "trust_remote_code": False,
-    "local_files_only": None,
-    "cache_dir": None,
-}
+def _validate_model(value: Any) -> ModelRef:
+    """A ``model`` field's value: a name, an :class:`EngineConfig` (or its dict), a scoring
+    backend (or the spec dict it dumps to)."""
+    if isinstance(value, str | EngineConfig) or is_scoring_backend(value):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, Mapping):
+        if SPEC_KEY in value:
+            return backend_from_spec(value)
+        try:
+            return EngineConfig(**value)
+        except TypeError as exc:  # an unknown or missing field: a validation error
+            raise ValueError(str(exc)) from exc
+    raise ValueError(
+        "model must be a hub id, a local path, an EngineConfig or a ScoringBackend, "
+        f"not {type(value).__name__}"
+    )
+
+
+def _dump_model(value: ModelRef, info: SerializationInfo) -> Any:
+    """A ``model`` field as data: names as they are, configs as dicts, backends as their
+    spec (``to_spec()``) where they have one. A backend without one stays the live object
+    in Python mode and cannot be written as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, EngineConfig):
+        return dataclasses.asdict(value)
+    to_spec = getattr(value, "to_spec", None)
+    spec = to_spec() if callable(to_spec) else None
+    if spec is not None:
+        return spec
+    if info.mode_is_json():
+        raise ValueError(
+            f"model is a live scoring backend ({value!r}) with no data form, so it cannot be "
+            "written as JSON; keep the options in Python (model_dump, pickle) or build them "
+            "with a backend that has one (RemoteEngine over a URL)"
+        )
+    return value
+
+
+#: The ``model`` field's type: validated and dumped by the functions above, because a
+#: scoring backend is checked by its members without reading them (``isinstance`` on a
+#: runtime protocol would read ``head`` on Python < 3.12, i.e. load a model or call a server).
+ModelField = Annotated[
+    ModelRef,
+    PlainValidator(_validate_model),
+    PlainSerializer(_dump_model, return_type=Any),
+]
 
 
 class EngineOptions(StageOptions):
     """The model of a one-model stage and the engine options users know from
     ``HuggingFaceCrossEncoder`` / ``SentenceTransformerRerank`` (``model_name``, ``device``).
 
-    ``model`` may also be an :class:`EngineConfig`; the engine options must then be left
-    at their defaults (set them on the ``EngineConfig``).
+    ``model`` may also be an :class:`EngineConfig`, or a scoring backend (such as
+    :class:`~crag_integrations.ray.remote.RemoteEngine`, a served model) that the stage then
+    scores on; the engine options must then be left at their defaults (set them on the
+    ``EngineConfig``, or on the server).
+
+    Serialisation: ``model_dump()`` writes an ``EngineConfig`` as a dict and a backend as its
+    spec when it has one (``RemoteEngine`` over a URL: ``{"scoring_backend": "crag-http",
+    "url": ..., "model": ...}``), which validates back to an equal backend, so LangChain's
+    ``model_dump`` and LlamaIndex's ``to_dict`` / ``to_json`` round-trip. A backend without a
+    spec (a Ray Serve handle, a local engine object) stays the live object in Python mode
+    (``model_dump``, ``model_copy``, pickle); ``model_dump_json()`` then fails saying so,
+    and LlamaIndex's ``to_json`` fails in ``json.dumps`` (``Object of type RemoteEngine is
+    not JSON serializable``).
     """
 
-    model: str | EngineConfig = Field(
+    model: ModelField = Field(
         frozen=True,
         validation_alias=AliasChoices("model", "model_name"),
-        description="Hub id, local checkpoint directory, or an EngineConfig "
-        "(model_name= is accepted too).",
+        description="Hub id, local checkpoint directory, an EngineConfig, or a scoring "
+        "backend such as a RemoteEngine (model_name= is accepted too).",
     )
     revision: str | None = _frozen(None, "Hub revision (branch, tag or commit).")
-    device: str = _frozen("auto", "'auto' (CUDA, then MPS, then CPU) or a torch device.")
+    device: str | None = _frozen(
+        "auto", "'auto' (CUDA, then MPS, then CPU; None means the same) or a torch device."
+    )
     dtype: DType = _frozen("auto", "'auto', 'float32', 'float16' or 'bfloat16'.")
     max_length: int | None = _strict(
         None, "Tokens per window (None: the model's limit); longer texts are windowed."
@@ -121,17 +188,42 @@ class EngineOptions(StageOptions):
     cache_dir: str | None = _frozen(None, "Hugging Face cache directory.")
 
     def engine_config(self) -> EngineConfig:
-        """The :class:`EngineConfig` of this stage's model."""
-        options = {name: getattr(self, name) for name in _ENGINE_DEFAULTS}
+        """The :class:`EngineConfig` of this stage's model (a backend's own ``config``: for
+        a remote engine, the served engine's, asked of the server once)."""
+        if isinstance(self.model, str):
+            return EngineConfig(model=self.model, **self._engine_options())
+        self._engine_options()
         if isinstance(self.model, EngineConfig):
+            return self.model
+        return self.model.config
+
+    def _engine_options(self) -> dict[str, Any]:
+        """The engine options; refused when set beside an EngineConfig or a backend."""
+        options = {name: getattr(self, name) for name in _ENGINE_DEFAULTS}
+        if options["device"] is None:  # sentence-transformers' spelling of "pick one"
+            options["device"] = "auto"
+        if not isinstance(self.model, str):
             changed = sorted(k for k, v in options.items() if v != _ENGINE_DEFAULTS[k])
             if changed:
+                what = "an EngineConfig" if isinstance(self.model, EngineConfig) else "a backend"
                 raise ValueError(
-                    f"model is an EngineConfig, so set {', '.join(changed)} on it rather than "
+                    f"model is {what}, so set {', '.join(changed)} on it rather than "
                     "here (or pass the model as a hub id or path)"
                 )
-            return self.model
-        return EngineConfig(model=self.model, **options)
+        return options
+
+    def role_model(self) -> EngineConfig | ScoringBackend:
+        """What this stage's roles run on: the :class:`EngineConfig`, or the backend."""
+        if isinstance(self.model, str | EngineConfig):
+            return self.engine_config()
+        self._engine_options()
+        return self.model
+
+
+#: The engine options and their defaults, read off the fields (not restated).
+_ENGINE_DEFAULTS: dict[str, Any] = {
+    name: field.default for name, field in EngineOptions.model_fields.items() if name != "model"
+}
 
 
 class RerankOptions(EngineOptions):
@@ -146,7 +238,7 @@ class RerankOptions(EngineOptions):
     def role(self) -> Reranker:
         """The :class:`Reranker` these options describe."""
         return Reranker(
-            model=self.engine_config(), top_n=self.top_n, score_threshold=self.score_threshold
+            model=self.role_model(), top_n=self.top_n, score_threshold=self.score_threshold
         )
 
     @property
@@ -170,7 +262,7 @@ class FilterOptions(EngineOptions):
     def role(self) -> RelevanceGrader:
         """The :class:`RelevanceGrader` these options describe."""
         return RelevanceGrader(
-            model=self.engine_config(),
+            model=self.role_model(),
             threshold=self.threshold,
             relevant_labels=self.relevant_labels,
         )
@@ -206,7 +298,7 @@ class TrimOptions(EngineOptions):
     def role(self) -> EvidenceHighlighter:
         """The :class:`EvidenceHighlighter` these options describe."""
         return EvidenceHighlighter(
-            model=self.engine_config(),
+            model=self.role_model(),
             threshold=self.threshold,
             doc_stride=self.doc_stride,
             min_span_chars=self.min_span_chars,
@@ -281,7 +373,7 @@ class EvaluatorOptions(EngineOptions):
 
     def stage(self) -> CragEvaluator:
         return CragEvaluator(
-            model=self.engine_config(),
+            model=self.role_model(),
             upper=self.upper,
             lower=self.lower,
             scale=self.scale,
@@ -314,7 +406,7 @@ class RefinerOptions(EngineOptions):
 
     def stage(self) -> KnowledgeRefiner:
         return KnowledgeRefiner(
-            model=self.engine_config(),
+            model=self.role_model(),
             mode=self.mode,
             group_size=self.group_size,
             window_words=self.window_words,

@@ -3,6 +3,8 @@
 A role is a frozen configuration plus one verb (and its ``a``-prefixed async twin).
 Constructing a role never loads a model: the shared engine loads on the first call, and
 every role naming the same model (and device, dtype, revision) shares the loaded weights.
+A role's ``model`` may also be a :class:`~crag_integrations.backends.ScoringBackend` (a
+remote engine, say): the role then scores on it and decides exactly as it does locally.
 Input checks are those of :mod:`crag_integrations.inputs`.
 """
 
@@ -12,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from crag_integrations.backends import ModelRef, ScoringBackend, check_model
 from crag_integrations.config import EngineConfig, as_engine_config
-from crag_integrations.engine import CrossEncoderEngine, get_engine
+from crag_integrations.engine import get_engine
 from crag_integrations.errors import IncompatibleModelError
 from crag_integrations.inputs import (
     check_count,
@@ -41,40 +44,25 @@ from crag_integrations.types import Grade, Highlight, RankedText, SequenceScores
 __all__ = ["EvidenceHighlighter", "RelevanceGrader", "Reranker"]
 
 
-def require_one_logit(engine: CrossEncoderEngine, *, needed_by: str, instead: str) -> None:
-    """Refuse a model that is not a one-logit reranker before any score is misread.
-
-    Args:
-        engine: The engine whose head is checked (loads the model on first use).
-        needed_by: Who needs the single relevance logit (for the message).
-        instead: What to use for other heads (for the message).
-
-    Raises:
-        IncompatibleModelError: The head is a token head or has more than one label.
-    """
-    head = engine.head
-    if head.kind != "sequence" or head.num_labels != 1:
-        raise IncompatibleModelError(
-            f"{engine.config.model!r} has a {head.kind}-classification head with "
-            f"{head.num_labels} labels; {needed_by} needs a one-logit cross-encoder "
-            f"(sequence classification). {instead}"
-        )
-
-
 class _Role:
     """Shared plumbing: the engine behind a role's ``model`` field."""
 
-    model: str | EngineConfig
+    model: ModelRef
 
     @property
     def engine_config(self) -> EngineConfig:
-        """The :class:`EngineConfig` this role runs on."""
-        return as_engine_config(self.model)
+        """The :class:`EngineConfig` this role runs on (a backend's own ``config``)."""
+        if isinstance(self.model, str | EngineConfig):
+            return as_engine_config(self.model)
+        return self.model.config
 
     @property
-    def engine(self) -> CrossEncoderEngine:
-        """The process-wide shared engine (looked up on every call, never loaded here)."""
-        return get_engine(self.engine_config)
+    def engine(self) -> ScoringBackend:
+        """The process-wide shared engine (looked up on every call, never loaded here), or
+        the backend given as ``model``."""
+        if isinstance(self.model, str | EngineConfig):
+            return get_engine(as_engine_config(self.model))
+        return self.model
 
 
 # --------------------------------------------------------------------------------------
@@ -90,7 +78,7 @@ class Reranker(_Role):
     longer than a window are scored window by window and take the max.
 
     Args:
-        model: Hub id, local directory, or :class:`EngineConfig`.
+        model: Hub id, local directory, :class:`EngineConfig`, or a scoring backend.
         top_n: Keep at most this many texts (``None``: all).
         score_threshold: Drop texts whose raw logit is below this, before the cut.
 
@@ -102,22 +90,26 @@ class Reranker(_Role):
         [(0, 8.61), (1, -11.2)]
     """
 
-    model: str | EngineConfig
+    model: ModelRef
     top_n: int | None = None
     score_threshold: float | None = None
 
     def __post_init__(self) -> None:
-        as_engine_config(self.model)
+        check_model(self.model)
         check_count("top_n", self.top_n)
         threshold = check_number("score_threshold", self.score_threshold, optional=True)
         object.__setattr__(self, "score_threshold", threshold)
 
-    def _check_head(self, engine: CrossEncoderEngine) -> None:
-        require_one_logit(
-            engine,
-            needed_by="Reranker",
-            instead="Use RelevanceGrader for multi-label classifiers.",
-        )
+    @staticmethod
+    def _check_head(engine: ScoringBackend) -> None:
+        # Before any forward pass, so that a grader's logits are never read as relevance.
+        head = engine.head
+        if head.kind != "sequence" or head.num_labels != 1:
+            raise IncompatibleModelError(
+                f"{engine.config.model!r} has a {head.kind}-classification head with "
+                f"{head.num_labels} labels; Reranker needs a one-logit cross-encoder "
+                "(sequence classification). Use RelevanceGrader for multi-label classifiers."
+            )
 
     @staticmethod
     def _ranked(texts: Sequence[str], results: Sequence[SequenceScores]) -> list[RankedText]:
@@ -138,11 +130,14 @@ class Reranker(_Role):
     def _select(
         self, ranked: list[RankedText], top_n: int | None, score_threshold: float | None
     ) -> list[RankedText]:
-        order = select_top(
-            [r.score for r in ranked],
-            top_n=self.top_n if top_n is None else top_n,
-            min_score=self.score_threshold if score_threshold is None else score_threshold,
+        # Overrides get the same checks as the fields (they also arrive from HTTP routes).
+        cut = self.top_n if top_n is None else check_count("top_n", top_n)
+        floor = (
+            self.score_threshold
+            if score_threshold is None
+            else check_number("score_threshold", score_threshold)
         )
+        order = select_top([r.score for r in ranked], top_n=cut, min_score=floor)
         return [ranked[i] for i in order]
 
     def score_texts(self, query: str, texts: Sequence[str]) -> list[RankedText]:
@@ -180,7 +175,11 @@ class Reranker(_Role):
         top_n: int | None = None,
         score_threshold: float | None = None,
     ) -> list[RankedText]:
-        """Texts sorted best first, thresholded, cut to ``top_n`` (arguments override fields)."""
+        """Texts sorted best first, thresholded, cut to ``top_n``.
+
+        ``top_n`` / ``score_threshold`` given here replace the fields for this call (checked
+        like them); ``None`` keeps the field's value.
+        """
         return self._select(self.score_texts(query, texts), top_n, score_threshold)
 
     async def arank(
@@ -209,7 +208,7 @@ class RelevanceGrader(_Role):
     relevant when its relevance probability is at least ``threshold``.
 
     Args:
-        model: Hub id, local directory, or :class:`EngineConfig`.
+        model: Hub id, local directory, :class:`EngineConfig`, or a scoring backend.
         threshold: Minimum relevance probability to count as relevant.
         relevant_labels: Label names that mean relevant (overrides the rules above).
 
@@ -220,19 +219,19 @@ class RelevanceGrader(_Role):
         [True]
     """
 
-    model: str | EngineConfig
+    model: ModelRef
     threshold: float = 0.5
     relevant_labels: tuple[str, ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
-        as_engine_config(self.model)
+        check_model(self.model)
         threshold = check_number("threshold", self.threshold, low=0.0, high=1.0)
         object.__setattr__(self, "threshold", threshold)
         labels = check_labels("relevant_labels", self.relevant_labels)
         object.__setattr__(self, "relevant_labels", labels)
 
     @staticmethod
-    def _check_head(engine: CrossEncoderEngine) -> None:
+    def _check_head(engine: ScoringBackend) -> None:
         # Before any forward pass, so the refusal names the role to use instead.
         if engine.head.kind != "sequence":
             raise IncompatibleModelError(
@@ -241,7 +240,7 @@ class RelevanceGrader(_Role):
             )
 
     def _grades(
-        self, engine: CrossEncoderEngine, texts: Sequence[str], results: Sequence[SequenceScores]
+        self, engine: ScoringBackend, texts: Sequence[str], results: Sequence[SequenceScores]
     ) -> list[Grade]:
         head = engine.head
         one_logit = head.num_labels == 1
@@ -314,7 +313,8 @@ class EvidenceHighlighter(_Role):
     (:func:`~crag_integrations.scoring.window_sentence_scores`).
 
     Args:
-        model: Hub id, local directory, or :class:`EngineConfig` of a token classifier.
+        model: Hub id, local directory, :class:`EngineConfig` or scoring backend of a
+            token classifier.
         threshold: Evidence probability cut-off (0.2 balanced, 0.5 high precision).
         max_length: Tokens per window (``None``: the engine's, i.e. the model's limit,
             at most 8192 like the reference).
@@ -336,7 +336,7 @@ class EvidenceHighlighter(_Role):
         [('ModernBERT is a long-context encoder for NLP.', 0.93)]
     """
 
-    model: str | EngineConfig
+    model: ModelRef
     threshold: float = 0.2
     max_length: int | None = None
     doc_stride: int = 256
@@ -352,23 +352,30 @@ class EvidenceHighlighter(_Role):
     reference_max_length: ClassVar[int] = 8192
 
     def __post_init__(self) -> None:
-        as_engine_config(self.model)
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], not {self.threshold}")
-        if self.doc_stride < 0 or self.min_span_chars < 0 or self.merge_gap_chars < 0:
-            raise ValueError("doc_stride, min_span_chars and merge_gap_chars must be >= 0")
+        check_model(self.model)
+        threshold = check_number("threshold", self.threshold, low=0.0, high=1.0)
+        object.__setattr__(self, "threshold", threshold)
+        for name in ("doc_stride", "min_span_chars", "merge_gap_chars"):
+            check_count(name, getattr(self, name), optional=False)
+        length = check_count("max_length", self.max_length)
+        if length is not None and length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, not {length}")
+        if not isinstance(self.separator, str):
+            raise TypeError(f"separator must be a str, not {type(self.separator).__name__}")
+        if not isinstance(self.return_sentence_scores, bool):
+            raise TypeError("return_sentence_scores must be True or False")
         if self.window_pooling not in ("max", "mean"):
             raise ValueError(f"window_pooling must be 'max' or 'mean', not {self.window_pooling!r}")
-        if self.evidence_labels is not None:
-            object.__setattr__(self, "evidence_labels", tuple(self.evidence_labels))
+        labels = check_labels("evidence_labels", self.evidence_labels)
+        object.__setattr__(self, "evidence_labels", labels)
 
-    def _window_length(self, engine: CrossEncoderEngine) -> int:
+    def _window_length(self, engine: ScoringBackend) -> int:
         if self.max_length is not None:
             return self.max_length
         return min(self.reference_max_length, engine.max_length)
 
     def _highlights(
-        self, engine: CrossEncoderEngine, texts: Sequence[str], results: Sequence[TokenScores]
+        self, engine: ScoringBackend, texts: Sequence[str], results: Sequence[TokenScores]
     ) -> list[Highlight]:
         mask = evidence_label_mask(engine.head.id2label, self.evidence_labels)
         highlights = []

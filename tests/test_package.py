@@ -36,10 +36,10 @@ ALLOWED_IMPORTERS = {
 #: Every module of the package must match one pattern (first match wins; ``*`` ends a
 #: pattern and matches any rest of the dotted name).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("values", ("types", "errors", "config", "inputs")),
+    ("values", ("types", "errors", "config", "inputs", "backends")),
     ("pure", ("scoring", "metadata", "evaluation.metrics", "evaluation.datasets")),
     ("engine", ("engine*", "testing", "training.*")),
-    ("roles", ("roles",)),
+    ("roles", ("roles", "by_query")),
     ("stages", ("pipeline", "crag", "evaluation.checkpoints")),
     ("options", ("options", "corpus")),
     ("adapters", ("langchain*", "llama_index*", "ray*")),

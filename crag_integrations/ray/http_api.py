@@ -9,8 +9,15 @@
 ``POST /v1/highlight``     evidence: character spans, trimmed text, sentence scores
 ``POST /v1/crag/evaluate`` CRAG action with each document's score and band
 ``GET /v1/models``         served models (head kind, labels, window length, device)
+``GET /v1/models/{name}``  one served model, with its whole engine configuration
+``POST /v1/raw/score-pairs``   raw window logits of (query, text) pairs
+``POST /v1/raw/token-scores``  raw per-token probabilities, window by window
 ``GET /health``            liveness
 =========================  ==================================================================
+
+The raw routes are what :class:`~crag_integrations.ray.remote.RemoteEngine` calls: they
+return the engine's outputs unchanged (floats survive JSON exactly), so the caller's roles
+decide thresholds, spans and CRAG actions exactly as they do locally.
 
 The schema page is FastAPI's: ``/docs`` and ``/openapi.json``. Scores equal the local
 roles' exactly: Cohere's ``relevance_score`` is the reranker's probability (sigmoid of
@@ -273,6 +280,55 @@ class ModelsResponse(BaseModel):
     """Every served model."""
 
     models: list[ModelInfo]
+
+
+class ModelDetail(ModelInfo):
+    """A served model and the engine configuration it runs (``EngineConfig`` fields)."""
+
+    config: dict[str, Any]
+
+
+class RawRequest(_Strict):
+    """(query, text) pairs for the engine itself: no role, no decision."""
+
+    model: str = Field(description="A served model name.")
+    pairs: list[tuple[str, str]] = Field(description="[query, text] pairs, scored in order.")
+    max_length: int | None = Field(default=None, ge=8, description="Tokens per window.")
+    stride: int | None = Field(default=None, ge=0, description="Overlap between windows.")
+
+
+class _FromAttributes(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class RawSequenceScores(_FromAttributes):
+    """One pair's logit vector per window (``SequenceScores``)."""
+
+    window_logits: list[list[float]]
+
+
+class RawScorePairsResponse(BaseModel):
+    """The window logits of every pair, in input order."""
+
+    model: str
+    results: list[RawSequenceScores]
+
+
+class RawTokenScores(_FromAttributes):
+    """One pair's token offsets and probabilities, pooled and per window (``TokenScores``)."""
+
+    offsets: list[tuple[int, int]]
+    probabilities: list[list[float]]
+    num_windows: int
+    window_ranges: list[tuple[int, int]]
+    window_probabilities: list[list[list[float]]]
+
+
+class RawTokenScoresResponse(BaseModel):
+    """The token scores of every pair, in input order."""
+
+    model: str
+    results: list[RawTokenScores]
 
 
 class ErrorResponse(BaseModel):
@@ -541,6 +597,43 @@ def create_app(backend: Backend, *, title: str = "crag-integrations") -> FastAPI
         """Every served model, loading it if needed."""
         infos = [await _call(backend, name, "info") for name in backend.model_names()]
         return ModelsResponse(models=[ModelInfo(**info) for info in infos])
+
+    @app.get("/v1/models/{name}", tags=["crag-integrations"], responses=_ERRORS)
+    async def model_detail(name: str) -> ModelDetail:
+        """One served model and its engine configuration, loading it if needed."""
+        return ModelDetail(**await _call(backend, name, "describe"))
+
+    @app.post("/v1/raw/score-pairs", tags=["raw"], responses=_ERRORS)
+    async def raw_score_pairs(request: RawRequest) -> RawScorePairsResponse:
+        """The engine's window logits for each pair (a sequence-classification head)."""
+        scores = await _call(
+            backend,
+            request.model,
+            "score_pairs",
+            request.pairs,
+            max_length=request.max_length,
+            stride=request.stride,
+        )
+        return RawScorePairsResponse(
+            model=request.model,
+            results=[RawSequenceScores.model_validate(s) for s in scores],
+        )
+
+    @app.post("/v1/raw/token-scores", tags=["raw"], responses=_ERRORS)
+    async def raw_token_scores(request: RawRequest) -> RawTokenScoresResponse:
+        """The engine's token probabilities for each pair (a token-classification head)."""
+        scores = await _call(
+            backend,
+            request.model,
+            "token_scores",
+            request.pairs,
+            max_length=request.max_length,
+            stride=request.stride,
+        )
+        return RawTokenScoresResponse(
+            model=request.model,
+            results=[RawTokenScores.model_validate(s) for s in scores],
+        )
 
     @app.get("/health", tags=["crag-integrations"])
     async def health() -> dict[str, str]:

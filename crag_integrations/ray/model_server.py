@@ -9,13 +9,20 @@ requests to one replica are coalesced into shared forward passes by the engine i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from crag_integrations.config import EngineConfig
 from crag_integrations.crag import CragEvaluation, CragEvaluator
 from crag_integrations.roles import EvidenceHighlighter, RelevanceGrader, Reranker
-from crag_integrations.types import Grade, Highlight, RankedText
+from crag_integrations.types import (
+    Grade,
+    Highlight,
+    RankedText,
+    SequenceScores,
+    TokenScores,
+)
 
 __all__ = ["LocalBackend", "ModelServer", "UnknownModelError", "build_role"]
 
@@ -132,6 +139,41 @@ class ModelServer:
             "max_length": engine.max_length,
             "device": engine.device,
         }
+
+    async def describe(self) -> dict[str, Any]:
+        """:meth:`info` and the hosted :class:`EngineConfig` as a dict (``config``): what a
+        :class:`~crag_integrations.ray.remote.RemoteEngine` needs to stand in for it."""
+        return {**await self.info(), "config": dataclasses.asdict(self.config)}
+
+    async def score_pairs(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        max_length: int | None = None,
+        stride: int | None = None,
+    ) -> list[SequenceScores]:
+        """The engine's raw window logits for each pair (remote engines decide on them)."""
+        engine = _shared_engine(self.config)
+        clean = [(query, text) for query, text in pairs]
+        scores: list[SequenceScores] = await engine.ascore_pairs(
+            clean, max_length=max_length, stride=stride
+        )
+        return scores
+
+    async def token_scores(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        max_length: int | None = None,
+        stride: int | None = None,
+    ) -> list[TokenScores]:
+        """The engine's per-token probabilities of each pair's text, window by window."""
+        engine = _shared_engine(self.config)
+        clean = [(query, text) for query, text in pairs]
+        scores: list[TokenScores] = await engine.atoken_scores(
+            clean, max_length=max_length, stride=stride
+        )
+        return scores
 
     def check_health(self) -> None:
         """Raise when the engine cannot answer (Serve calls this periodically)."""
