@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import json
 import os
@@ -34,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TextIO, get_args
 
+from crag_integrations.by_query import aper_query, run_coroutine
 from crag_integrations.config import EngineConfig, as_engine_config
 from crag_integrations.roles import EvidenceHighlighter, RelevanceGrader, Reranker
 from crag_integrations.types import Grade, Highlight, RankedText
@@ -133,13 +133,6 @@ class ScoreSpec:
 # Scoring a batch of rows (shared with the Ray Data path)
 
 
-def _group_by_query(queries: Sequence[str]) -> dict[str, list[int]]:
-    groups: dict[str, list[int]] = {}
-    for position, query in enumerate(queries):
-        groups.setdefault(query, []).append(position)
-    return groups
-
-
 def _rerank_columns(result: RankedText) -> tuple[Any, ...]:
     return (result.score, result.probability, result.num_windows)
 
@@ -154,28 +147,19 @@ def _highlight_columns(result: Highlight) -> tuple[Any, ...]:
     return (result.trimmed_text, spans, len(result.spans), result.num_windows)
 
 
-async def _score_groups(
-    role: Reranker | RelevanceGrader | EvidenceHighlighter,
-    groups: Mapping[str, list[int]],
-    texts: Sequence[str],
+async def _score_pairs(
+    role: Reranker | RelevanceGrader | EvidenceHighlighter, pairs: Sequence[tuple[str, str]]
 ) -> list[tuple[Any, ...]]:
-    async def one(query: str, positions: list[int]) -> list[tuple[Any, ...]]:
-        group = [texts[p] for p in positions]
+    async def one(query: str, group: list[str]) -> list[tuple[Any, ...]]:
         if isinstance(role, Reranker):
             return [_rerank_columns(r) for r in await role.ascore_texts(query, group)]
         if isinstance(role, RelevanceGrader):
             return [_grade_columns(g) for g in await role.agrade(query, group)]
         return [_highlight_columns(h) for h in await role.ahighlight(query, group)]
 
-    # All groups are submitted before the engine's owner thread drains its queue, so the
-    # whole batch shares forward passes even though each query is a separate role call.
-    per_group = await asyncio.gather(*(one(q, p) for q, p in groups.items()))
-    rows: list[tuple[Any, ...] | None] = [None] * len(texts)
-    for positions, values in zip(groups.values(), per_group, strict=True):
-        for position, value in zip(positions, values, strict=True):
-            rows[position] = value
-    assert all(row is not None for row in rows)
-    return [row for row in rows if row is not None]
+    # Every query of the batch is in flight before the engine's owner thread drains its
+    # queue, so the whole batch shares forward passes.
+    return await aper_query(pairs, one)
 
 
 def score_columns(
@@ -204,7 +188,8 @@ def score_columns(
     if not texts:
         return columns
     role = spec.build_role()
-    values = asyncio.run(_score_groups(role, _group_by_query(queries), texts))
+    pairs = list(zip(queries, texts, strict=True))
+    values = run_coroutine(lambda: _score_pairs(role, pairs))
     for row in values:
         for name, value in zip(spec.output_columns, row, strict=True):
             columns[name].append(value)

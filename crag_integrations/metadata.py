@@ -17,7 +17,14 @@ from typing import Any
 
 from crag_integrations.types import CragAction, DroppedText, ProcessedText, Span
 
-__all__ = ["METADATA_SCHEMA", "MetadataKey", "relevance_score", "spans_metadata", "stage_metadata"]
+__all__ = [
+    "METADATA_SCHEMA",
+    "MetadataKey",
+    "evidence_spans",
+    "relevance_score",
+    "spans_metadata",
+    "stage_metadata",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +122,12 @@ def stage_metadata(
         windows["grade"] = item.grade.num_windows
     if item.highlight is not None:
         metadata["crag_spans"] = spans_metadata(item.highlight.spans)
-        metadata["crag_trimmed"] = bool(item.highlight.spans)
         windows["highlight"] = item.highlight.num_windows
     if item.refined is not None:
         metadata["crag_strips"] = spans_metadata(item.refined.strips)
         metadata["crag_num_strips"] = item.refined.num_strips
-        metadata["crag_trimmed"] = bool(item.refined.strips)
+    if item.highlight is not None or item.refined is not None:
+        metadata["crag_trimmed"] = bool(evidence_spans(item))
     if item.evaluation is not None:
         metadata["crag_evaluation_score"] = item.evaluation.score
         metadata["crag_document_action"] = item.evaluation.action
@@ -148,3 +155,14 @@ def relevance_score(item: ProcessedText | DroppedText) -> float | None:
     if item.evaluation is not None:
         return item.evaluation.score
     return None
+
+
+def evidence_spans(item: ProcessedText | DroppedText) -> tuple[Span, ...]:
+    """The spans a trimming stage kept of the item's text (highlighter spans or refined
+    strips); the text was replaced by them exactly when this is non-empty and the item is
+    kept (its ``output_text`` is then their join)."""
+    if item.highlight is not None:
+        return item.highlight.spans
+    if item.refined is not None:
+        return item.refined.strips
+    return ()

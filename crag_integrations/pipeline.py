@@ -119,8 +119,12 @@ class RerankGradeTrimPipeline:
         if self.action_upper is None or self.action_lower is None:
             return None
         return decide_action(
-            action_scores(result), upper=self.action_upper, lower=self.action_lower
+            self.action_scores(result), upper=self.action_upper, lower=self.action_lower
         )
+
+    def action_scores(self, result: PipelineResult) -> list[float]:
+        """The scores this pipeline decides the CRAG action on (see :func:`action_scores`)."""
+        return action_scores(result, graded=self.grader is not None)
 
     # The three stages' decisions, shared by run() and arun().
 
@@ -247,14 +251,21 @@ class RerankGradeTrimPipeline:
         return self._finish(drafts, highlights, dropped)
 
 
-def action_scores(result: PipelineResult) -> list[float]:
+def action_scores(result: PipelineResult, *, graded: bool | None = None) -> list[float]:
     """The relevance probabilities a CRAG action should be decided on, for one pipeline run.
 
     In input order. When a grader ran: the grade probability of every text it graded (kept
-    or dropped).
-    Otherwise, when a reranker ran: the reranker probability (sigmoid of the logit) of every
-    text, since the reranker scores all texts before its cut. With neither, an empty list
-    (and :func:`crag_integrations.crag.decide_action` then says ``"incorrect"``).
+    or dropped). Otherwise, when a reranker ran: the reranker probability (sigmoid of the
+    logit) of every text, since the reranker scores all texts before its cut. With neither,
+    an empty list (and :func:`crag_integrations.crag.decide_action` then says
+    ``"incorrect"``).
+
+    Args:
+        result: The pipeline's result.
+        graded: Whether the pipeline has a grader. ``None`` infers it from the result, which
+            cannot tell a grader that saw no text (the reranker dropped them all) from no
+            grader: the pipeline passes it, so that such a run decides on no grade (hence
+            ``"incorrect"``) rather than on the other model's probabilities.
 
     Example:
         >>> action_scores(PipelineResult(kept=()))
@@ -263,6 +274,6 @@ def action_scores(result: PipelineResult) -> list[float]:
     items: list[ProcessedText | DroppedText] = [*result.kept, *result.dropped]
     items.sort(key=lambda item: item.index)  # input order, whatever order the stages kept
     grades = [item.grade.probability for item in items if item.grade is not None]
-    if grades:
+    if grades or graded:
         return grades
     return [item.ranked.probability for item in items if item.ranked is not None]

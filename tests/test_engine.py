@@ -585,3 +585,28 @@ def test_a_cached_role_call_takes_no_global_lock_and_touches_no_filesystem(
         caller.join(timeout=30)
         assert not caller.is_alive(), "the cached call waited for the registry lock"
     assert got == [expected]
+
+
+def test_the_engine_refuses_non_text_pairs_and_non_positive_windows(
+    checkpoints: dict[str, Path],
+) -> None:
+    """Direct engine callers get a TypeError naming the pair instead of a score of the text
+    "None", and max_length=0 or -3 is refused instead of meaning "the default"."""
+    engine = get_engine(EngineConfig(model=str(checkpoints["bert-rerank"]), device="cpu"))
+    with pytest.raises(TypeError, match=r"pairs\[1\]"):
+        engine.score_pairs([("q", "text"), ("q", None)])  # type: ignore[list-item]
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="at least 8"):
+            engine.score_pairs([("q", "text")], max_length=bad)
+    assert len(engine.score_pairs([("q", "text")], max_length=16)) == 1
+
+
+def test_a_checkpoint_made_after_its_first_mention_is_still_one_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Naming "ckpt" before it exists (train, then score, in one process) must not pin the
+    relative name: once the directory exists, "ckpt" and its absolute path are one engine."""
+    monkeypatch.chdir(tmp_path)
+    assert EngineConfig(model="ckpt").model == "ckpt"
+    (tmp_path / "ckpt").mkdir()
+    assert EngineConfig(model="ckpt") == EngineConfig(model=str(tmp_path / "ckpt"))

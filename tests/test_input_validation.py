@@ -144,3 +144,41 @@ def test_good_nodes_still_work_after_the_checks(checkpoints: dict[str, Path]) ->
     doc = Document(page_content="Rain is condensed vapour.")
     assert lc.CrossEncoderRerank(model=path).compress_documents([doc], QUERY)
     assert get_engine(path).is_loaded
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "message"),
+    [
+        ({"evidence_labels": "B-EVID"}, TypeError, "not one string"),
+        ({"threshold": True}, TypeError, "threshold must be a number"),
+        ({"threshold": "0.2"}, TypeError, "threshold must be a number"),
+        ({"doc_stride": 1.5}, TypeError, "doc_stride must be an int"),
+        ({"min_span_chars": True}, TypeError, "min_span_chars must be an int"),
+        ({"separator": None}, TypeError, "separator must be a str"),
+        ({"return_sentence_scores": "no"}, TypeError, "True or False"),
+        ({"max_length": 0}, ValueError, "at least 8"),
+        ({"max_length": -3}, ValueError, ">= 0"),
+    ],
+)
+def test_the_highlighter_checks_its_settings_like_the_other_roles(
+    fields: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """EvidenceHighlighter refuses loose settings at construction, as Reranker and
+    RelevanceGrader do (a label string would be split into characters)."""
+    with pytest.raises(error, match=message):
+        EvidenceHighlighter(model="org/unused", **fields)
+
+
+def test_rank_overrides_get_the_fields_checks(checkpoints: dict[str, Path]) -> None:
+    """rank()/arank() top_n and score_threshold are checked like the fields (they also come
+    from HTTP requests); None keeps the field."""
+    reranker = Reranker(model=str(checkpoints["bert-rerank"]), top_n=2)
+    texts = ["rain falls", "tokyo", "paris", "clouds"]
+    with pytest.raises(TypeError, match="top_n must be an int"):
+        reranker.rank(QUERY, texts, top_n=True)
+    with pytest.raises(ValueError, match="NaN"):
+        reranker.rank(QUERY, texts, score_threshold=float("nan"))
+    with pytest.raises(TypeError, match="top_n must be an int"):
+        asyncio.run(reranker.arank(QUERY, texts, top_n=2.5))  # type: ignore[arg-type]
+    assert len(reranker.rank(QUERY, texts, top_n=None)) == 2
+    assert len(reranker.rank(QUERY, texts, top_n=3)) == 3

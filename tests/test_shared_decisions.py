@@ -292,3 +292,47 @@ def test_action_scores_are_in_input_order_whatever_the_stages_kept() -> None:
         ProcessedText(index=1, text="t", output_text="t", ranked=ranked(1, 0.5), grade=GRADE),
     )
     assert action_scores(PipelineResult(kept=graded, dropped=dropped)) == [GRADE.probability]
+
+
+def test_a_configured_grader_decides_the_action_even_when_it_saw_nothing(
+    checkpoints: dict[str, Path],
+) -> None:
+    """With a grader, the action is decided on grades only: if the reranker's threshold
+    drops every text, no grade exists and the action is "incorrect", never a decision on
+    the reranker's probabilities against thresholds meant for the grader's."""
+    from crag_integrations import RelevanceGrader
+
+    reranker = Reranker(model=str(checkpoints["bert-rerank"]), score_threshold=1e9)
+    grader = RelevanceGrader(model=str(checkpoints["bert-binary"]))
+    pipeline = RerankGradeTrimPipeline(
+        reranker=reranker, grader=grader, action_upper=0.0, action_lower=0.0
+    )
+    result = pipeline.run(QUERY, TEXTS)
+    assert result.kept == () and {d.reason for d in result.dropped} == {"below_score_threshold"}
+    assert pipeline.action_scores(result) == []
+    assert result.action == "incorrect"
+    without_grader = RerankGradeTrimPipeline(reranker=reranker, action_upper=0.0, action_lower=0.0)
+    assert without_grader.run(QUERY, TEXTS).action == "correct"
+
+
+def test_the_options_tables_in_the_docs_list_every_option() -> None:
+    """docs/adapters.md lists each options class's fields (its own section) and the engine
+    options (one table), with the pydantic default of each."""
+    import re
+
+    from crag_integrations import options
+
+    text = (Path(__file__).parent.parent / "docs" / "adapters.md").read_text(encoding="utf-8")
+    engine = set(options.EngineOptions.model_fields)
+    sections = re.split(r"\n#### ", text)
+    engine_rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \|", sections[0], flags=re.MULTILINE)
+    assert {name for name, _ in engine_rows} >= engine
+    for section in sections[1:]:
+        match = re.search(r"\(`(\w+Options)`\)", section.splitlines()[0])
+        assert match, section.splitlines()[0]
+        cls = getattr(options, match.group(1))
+        rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", section, flags=re.MULTILINE))
+        own = set(cls.model_fields) - engine
+        assert own <= set(rows), f"{cls.__name__}: {sorted(own - set(rows))} undocumented"
+        for name in own:
+            assert rows[name].strip() == f"`{cls.model_fields[name].default!r}`", name

@@ -36,6 +36,21 @@ __all__ = ["CrossEncoderEngine"]
 _T = TypeVar("_T")
 
 
+def _checked_pairs(pairs: Sequence[Pair]) -> list[Pair]:
+    """``pairs`` as a list of ``(str, str)``, or a ``TypeError`` naming the first bad one
+    (the engine never turns ``None`` or a number into the text ``"None"`` and scores it)."""
+    checked = []
+    for index, pair in enumerate(pairs):
+        if (
+            not isinstance(pair, tuple | list)
+            or len(pair) != 2
+            or not all(isinstance(part, str) for part in pair)
+        ):
+            raise TypeError(f"pairs[{index}] must be a (query, text) pair of str, not {pair!r}")
+        checked.append((pair[0], pair[1]))
+    return checked
+
+
 def _check_encodable(pairs: Sequence[Pair]) -> None:
     """Raise ``ValueError`` naming the first pair with text the tokenizer cannot read."""
     last_query: str | None = None
@@ -197,6 +212,8 @@ class CrossEncoderEngine:
         limit = loaded.default_max_length
         if requested is None:
             return limit
+        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 8:
+            raise ValueError(f"max_length must be an int of at least 8 tokens, not {requested!r}")
         if requested > limit:
             raise ValueError(
                 f"max_length={requested} is more than the {limit} tokens one window of "
@@ -312,9 +329,9 @@ class CrossEncoderEngine:
     ) -> _Plan:
         """Check the inputs, answer what the cache can, claim or join the rest."""
         self._check_head(task)
-        clean = [(str(q), str(t)) for q, t in pairs]
+        clean = _checked_pairs(pairs)
         _check_encodable(clean)
-        length = self._window_length(max_length or self.config.max_length)
+        length = self._window_length(self.config.max_length if max_length is None else max_length)
         step = self.config.stride if stride is None else stride
         budget = self.token_budget
         runner = self._runner

@@ -4,8 +4,9 @@ Inference (the engine) and training both window through :func:`encode_windows`, 
 is trained on exactly the windows it later scores. When ``query + text + special tokens``
 exceed ``max_length``, the fast tokenizer's overflow mechanism splits the text
 (``truncation="only_second"``, ``return_overflowing_tokens=True``): every window repeats the
-query, and consecutive windows share ``stride`` tokens of text, clamped by
-:func:`clamp_stride` to at most half the room the query leaves, so windows always advance.
+query, and consecutive windows share ``stride`` tokens of text: as asked while that is less
+than the room the query leaves (as the tokenizer and the seed highlighter take it), else
+half that room (:func:`clamp_stride`), so windows always advance.
 
 Example:
     >>> from transformers import AutoTokenizer  # doctest: +SKIP

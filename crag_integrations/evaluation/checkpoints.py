@@ -24,15 +24,14 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from crag_integrations.by_query import per_query
 from crag_integrations.config import EngineConfig
 from crag_integrations.errors import IncompatibleModelError
 from crag_integrations.evaluation.datasets import (
@@ -90,55 +89,6 @@ def _engine_config(
     )
 
 
-def _loop_is_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _run_coroutine(factory: Callable[[], Coroutine[Any, Any, _R]]) -> _R:
-    """Run a coroutine to completion from synchronous code, even inside a running loop."""
-    if not _loop_is_running():
-        return asyncio.run(factory())
-    # Called from a running loop (a notebook cell): asyncio.run refuses to nest, so the
-    # coroutine gets its own loop on a helper thread.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(lambda: asyncio.run(factory())).result()
-
-
-def _per_query(
-    pairs: Sequence[tuple[str, str]],
-    verb: Callable[[str, list[str]], Awaitable[Sequence[_T]]],
-    *,
-    in_flight: int,
-) -> list[_T]:
-    """Call a role's async ``verb(query, texts)`` once per distinct query; results in pair order.
-
-    All calls are in flight together (at most ``in_flight`` at once, the engine's queue
-    bound), so the engine's owner thread drains them into shared, length-packed batches as
-    if the pairs had come in one request.
-    """
-    groups: dict[str, list[int]] = {}
-    for index, (query, _text) in enumerate(pairs):
-        groups.setdefault(query, []).append(index)
-
-    async def run_all() -> list[Sequence[_T]]:
-        slots = asyncio.Semaphore(in_flight)
-
-        async def one(query: str, indices: list[int]) -> Sequence[_T]:
-            async with slots:
-                return await verb(query, [pairs[i][1] for i in indices])
-
-        return list(await asyncio.gather(*(one(q, ix) for q, ix in groups.items())))
-
-    results: dict[int, _T] = {}
-    for indices, outputs in zip(groups.values(), _run_coroutine(run_all), strict=True):
-        results.update(zip(indices, outputs, strict=True))
-    return [results[index] for index in range(len(pairs))]
-
-
 def score_pairs(
     model_path: str | os.PathLike[str],
     queries: Sequence[str],
@@ -178,7 +128,7 @@ def score_pairs(
     if show_progress:
         print(f"scoring {len(pairs)} pairs with {model_path}", file=sys.stderr)
     try:
-        return _per_query(pairs, reranker.ascore, in_flight=config.max_queue)
+        return per_query(pairs, reranker.ascore, in_flight=config.max_queue)
     except IncompatibleModelError as exc:
         raise IncompatibleModelError(
             f"{exc} Measure graders with evaluate_grader and highlighters with "
@@ -256,7 +206,7 @@ def _grades(
     )
     if show_progress:
         print(f"grading {len(pairs)} pairs with {model_path}", file=sys.stderr)
-    return _per_query(pairs, grader.agrade, in_flight=config.max_queue)
+    return per_query(pairs, grader.agrade, in_flight=config.max_queue)
 
 
 def predict_spans(
@@ -278,9 +228,10 @@ def predict_spans(
     Runs :meth:`EvidenceHighlighter.highlight <crag_integrations.EvidenceHighlighter.highlight>`
     with these arguments, and its defaults are the highlighter's (``threshold``,
     ``merge_gap_chars``, ``min_span_chars``, ``max_length`` and ``stride`` as ``doc_stride``):
-    long contexts are windowed with ``stride`` tokens of overlap, the token probabilities of
-    overlapping windows are averaged, and spans follow
-    :func:`crag_integrations.scoring.extract_spans`.
+    long contexts are windowed with ``stride`` tokens of overlap, every window is read on its
+    own and its spans pooled with the others' (the highlighter's ``window_pooling="max"``,
+    :func:`crag_integrations.scoring.extract_window_spans`), as the seed's ``.process()``
+    does.
 
     Args:
         model_path: Checkpoint directory.
@@ -313,7 +264,7 @@ def predict_spans(
     )
     if show_progress:
         print(f"highlighting {len(pairs)} rows with {model_path}", file=sys.stderr)
-    highlights = _per_query(pairs, highlighter.ahighlight, in_flight=config.max_queue)
+    highlights = per_query(pairs, highlighter.ahighlight, in_flight=config.max_queue)
     return [[(span.start, span.end) for span in h.spans] for h in highlights]
 
 

@@ -15,6 +15,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.runnables.config import ensure_config
 from pydantic import ConfigDict
 
+from crag_integrations.by_query import aper_query, per_query
 from crag_integrations.config import EngineConfig
 from crag_integrations.inputs import check_items
 from crag_integrations.metadata import relevance_score, stage_metadata
@@ -27,7 +28,6 @@ from crag_integrations.options import (
     Stage,
     TrimOptions,
 )
-from crag_integrations.pipeline import action_scores
 from crag_integrations.roles import RelevanceGrader
 from crag_integrations.types import CragAction, CragEvaluation, PipelineResult
 
@@ -63,8 +63,8 @@ def _translate(documents: Sequence[Document], result: PipelineResult) -> list[Do
         score = relevance_score(item)
         if score is not None:
             added["relevance_score"] = score
-        # model_copy keeps the caller's Document subclass and its id; the updated fields
-        # are fresh objects, so nothing is shared with the input but immutable strings.
+        # model_copy keeps the caller's Document subclass and its id; page_content and
+        # metadata are fresh objects (other fields of a subclass are copied shallowly).
         metadata = {**copy.deepcopy(source.metadata), **added}
         out.append(
             source.model_copy(update={"page_content": item.output_text, "metadata": metadata})
@@ -272,14 +272,19 @@ class CragCompressor(CragOptions, _Compressor):
             ValueError: If ``action_upper`` / ``action_lower`` are not set.
         """
         self._thresholds_required()
-        return _compression(*self._compress(documents, query, callbacks))
+        return self._compression(*self._compress(documents, query, callbacks))
 
     async def aevaluate_action(
         self, query: str, documents: Sequence[Document], callbacks: Callbacks | None = None
     ) -> CragCompression:
         """Async :meth:`evaluate_action`: awaits the engine, never blocks the loop."""
         self._thresholds_required()
-        return _compression(*await self._acompress(documents, query, callbacks))
+        return self._compression(*await self._acompress(documents, query, callbacks))
+
+    def _compression(self, documents: list[Document], result: PipelineResult) -> CragCompression:
+        assert result.action is not None
+        scores = tuple(self.stage().action_scores(result))
+        return CragCompression(action=result.action, documents=tuple(documents), scores=scores)
 
     def _thresholds_required(self) -> None:
         if not self.stage().decides_action:
@@ -287,13 +292,6 @@ class CragCompressor(CragOptions, _Compressor):
                 "evaluate_action needs action_upper and action_lower; set them on this "
                 "CragCompressor (or call compress_documents for documents only)"
             )
-
-
-def _compression(documents: list[Document], result: PipelineResult) -> CragCompression:
-    assert result.action is not None
-    return CragCompression(
-        action=result.action, documents=tuple(documents), scores=tuple(action_scores(result))
-    )
 
 
 class CragEvaluatorCompressor(EvaluatorOptions, _Compressor):
@@ -378,34 +376,18 @@ class CragCrossEncoder(BaseCrossEncoder):
     model: str | EngineConfig
     relevant_labels: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        self.role  # noqa: B018  (builds the grader: bad settings fail here, not on first use)
+
     @property
     def role(self) -> RelevanceGrader:
         """The :class:`RelevanceGrader` that computes the probabilities."""
         return RelevanceGrader(model=self.model, relevant_labels=self.relevant_labels)
 
-    @staticmethod
-    def _by_query(text_pairs: Sequence[tuple[str, str]]) -> dict[str, list[int]]:
-        groups: dict[str, list[int]] = {}
-        for position, (query, _text) in enumerate(text_pairs):
-            groups.setdefault(query, []).append(position)
-        return groups
-
     def score(self, text_pairs: list[tuple[str, str]]) -> list[float]:
         """Relevance probability of each ``(query, text)`` pair, in input order."""
-        scores = [0.0] * len(text_pairs)
-        role = self.role
-        for query, positions in self._by_query(text_pairs).items():
-            grades = role.grade(query, [text_pairs[p][1] for p in positions])
-            for position, grade in zip(positions, grades, strict=True):
-                scores[position] = grade.probability
-        return scores
+        return [grade.probability for grade in per_query(text_pairs, self.role.agrade)]
 
     async def ascore(self, text_pairs: list[tuple[str, str]]) -> list[float]:
-        """Async :meth:`score`."""
-        scores = [0.0] * len(text_pairs)
-        role = self.role
-        for query, positions in self._by_query(text_pairs).items():
-            grades = await role.agrade(query, [text_pairs[p][1] for p in positions])
-            for position, grade in zip(positions, grades, strict=True):
-                scores[position] = grade.probability
-        return scores
+        """Async :meth:`score`: every query in flight at once, sharing forward passes."""
+        return [grade.probability for grade in await aper_query(text_pairs, self.role.agrade)]

@@ -15,7 +15,12 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
 from crag_integrations.inputs import check_items, check_query
-from crag_integrations.metadata import METADATA_SCHEMA, relevance_score, stage_metadata
+from crag_integrations.metadata import (
+    METADATA_SCHEMA,
+    evidence_spans,
+    relevance_score,
+    stage_metadata,
+)
 from crag_integrations.options import (
     CragOptions,
     EngineOptions,
@@ -146,13 +151,7 @@ def _copy_node(
         excluded = list(getattr(node, field_name))
         excluded += [key for key in written if key not in excluded]
         setattr(node, field_name, excluded)
-    spans = (
-        item.highlight.spans
-        if item.highlight is not None
-        else item.refined.strips
-        if item.refined is not None
-        else ()
-    )
+    spans = evidence_spans(item)
     if isinstance(item, ProcessedText) and spans:
         # The text becomes the evidence; the document offsets move to its first and last
         # characters.
@@ -166,11 +165,15 @@ def _copy_node(
     return NodeWithScore(node=node, score=source.score if score is None else score)
 
 
-def _translate(nodes: Sequence[NodeWithScore], result: PipelineResult) -> CragNodes:
+def _translate(
+    nodes: Sequence[NodeWithScore], result: PipelineResult, *, copy_dropped: bool = True
+) -> CragNodes:
     kept = [_copy_node(nodes[item.index], item, result.action) for item in result.kept]
+    # postprocess_nodes returns only the kept nodes: deep copies of the dropped ones
+    # (embeddings, relationships) are made only for process(), which reports them.
     dropped = [
         DroppedNode(node=_copy_node(nodes[item.index], item, result.action), reason=item.reason)
-        for item in result.dropped
+        for item in (result.dropped if copy_dropped else ())
     ]
     return CragNodes(kept=kept, dropped=dropped, result=result)
 
@@ -279,10 +282,20 @@ class _Postprocessor(BaseNodePostprocessor):
             TypeError: ``nodes`` is not a list of ``NodeWithScore`` (before any model work).
             ValueError: No query, or a blank one.
         """
+        return self._process(nodes, query_bundle, query_str, copy_dropped=True)
+
+    def _process(
+        self,
+        nodes: Sequence[NodeWithScore],
+        query_bundle: QueryBundle | None,
+        query_str: str | None,
+        *,
+        copy_dropped: bool,
+    ) -> CragNodes:
         query = _query(query_bundle, query_str, type(self).__name__)
         items = check_items(nodes, NodeWithScore, "nodes")
         with self._reranking(items, query) as finish:
-            processed = _translate(items, self._run(query, items))
+            processed = _translate(items, self._run(query, items), copy_dropped=copy_dropped)
             finish(processed.kept)
         return processed
 
@@ -293,23 +306,34 @@ class _Postprocessor(BaseNodePostprocessor):
         query_str: str | None = None,
     ) -> CragNodes:
         """Async :meth:`process`: awaits the engine, no thread per call."""
+        return await self._aprocess(nodes, query_bundle, query_str, copy_dropped=True)
+
+    async def _aprocess(
+        self,
+        nodes: Sequence[NodeWithScore],
+        query_bundle: QueryBundle | None,
+        query_str: str | None,
+        *,
+        copy_dropped: bool,
+    ) -> CragNodes:
         query = _query(query_bundle, query_str, type(self).__name__)
         items = check_items(nodes, NodeWithScore, "nodes")
         with self._reranking(items, query) as finish:
-            processed = _translate(items, await self._arun(query, items))
+            result = await self._arun(query, items)
+            processed = _translate(items, result, copy_dropped=copy_dropped)
             finish(processed.kept)
         return processed
 
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        return self.process(nodes, query_bundle=query_bundle).kept
+        return self._process(nodes, query_bundle, None, copy_dropped=False).kept
 
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
         # BaseNodePostprocessor's default runs _postprocess_nodes in a thread per call.
-        return (await self.aprocess(nodes, query_bundle=query_bundle)).kept
+        return (await self._aprocess(nodes, query_bundle, None, copy_dropped=False)).kept
 
 
 # --------------------------------------------------------------------------------------
