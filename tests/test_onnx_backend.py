@@ -43,6 +43,8 @@ PAIRS = [
 ]
 #: fp32 ONNX against torch, in logit units (the issue's parity bar).
 PARITY = 1e-5
+#: Copies of the session checkpoints leave out exports an engine may have cached next to them.
+_NO_EXPORTS = shutil.ignore_patterns(".crag_onnx")
 
 
 def _task(head: str) -> HeadKind:
@@ -294,7 +296,7 @@ def test_hub_cache_checkpoints_export_to_the_user_cache(
 ) -> None:
     """Snapshot folders of the hub cache are left alone; exports go under XDG_CACHE_HOME."""
     snapshot = tmp_path / "hub" / "models--org--tiny" / "snapshots" / "0123abc"
-    shutil.copytree(checkpoints["bert-rerank"], snapshot)
+    shutil.copytree(checkpoints["bert-rerank"], snapshot, ignore=_NO_EXPORTS)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     model = load_onnx_model(snapshot, task="sequence", input_names=_input_names("bert"))
     assert model.path.is_relative_to(tmp_path / "xdg" / "crag_integrations" / "onnx")
@@ -306,7 +308,7 @@ def test_hub_cache_checkpoints_export_to_the_user_cache(
 
 
 def _with_shipped_graph(source: Path, directory: Path, arch: str) -> Path:
-    path = Path(shutil.copytree(source, directory))
+    path = Path(shutil.copytree(source, directory, ignore=_NO_EXPORTS))
     (path / "onnx").mkdir()
     export_onnx(
         _torch_model(path, "sequence"), path / "onnx" / "model.onnx", input_names=_input_names(arch)
@@ -358,7 +360,7 @@ def test_a_shipped_graph_without_logits_is_ignored(
     checkpoints: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An embedding model's onnx/model.onnx (no ``logits`` output) cannot score: export instead."""
-    path = Path(shutil.copytree(checkpoints["bert-rerank"], tmp_path / "ckpt"))
+    path = Path(shutil.copytree(checkpoints["bert-rerank"], tmp_path / "ckpt", ignore=_NO_EXPORTS))
     (path / "onnx").mkdir()
     helper = onnx.helper
     graph = helper.make_graph(

@@ -165,7 +165,8 @@ class CrossEncoderEngine:
 
     def __repr__(self) -> str:
         state = "loaded" if self.is_loaded else "not loaded"
-        return f"CrossEncoderEngine({self.config.model!r}, {state})"
+        backend = self.config.backend + (f"-{self.config.quantize}" if self.config.quantize else "")
+        return f"CrossEncoderEngine({self.config.model!r}, backend={backend!r}, {state})"
 
     @property
     def _runner(self) -> ModelRunner:

@@ -5,6 +5,12 @@ fast ``AutoTokenizer`` and ``AutoModelFor{Sequence,Token}Classification``. Its h
 from ``config.json`` (never guessed from the name), its tokenizer must window long pairs
 without losing text, and a model that cannot be had raises a
 :class:`~crag_integrations.errors.ModelUnavailableError` that says how to provide it.
+
+With ``backend="onnx"`` the same load runs (config, tokenizer, head, window limit, inputs
+from the float32 CPU torch model), then the torch model is handed to
+:func:`~crag_integrations.engine.onnx.load_onnx_model` to be exported if no shipped or
+cached graph exists, and dropped: what stays in memory is the tokenizer and one ONNX Runtime
+session.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ __all__ = [
     "LoadKey",
     "LoadedModel",
     "check_overflow_windows",
+    "checkpoint_directory",
     "load_model",
     "read_head",
     "window_length_limit",
@@ -48,6 +55,10 @@ class LoadKey:
     local_files_only: bool | None
     cache_dir: str | None
     compile: bool = False
+    #: ``"torch"`` or ``"onnx"``: torch and ONNX engines of one checkpoint are two models.
+    backend: str = "torch"
+    #: ``"int8"`` (ONNX only) or ``None``.
+    quantize: str | None = None
 
 
 @dataclass
@@ -66,6 +77,9 @@ class LoadedModel:
     compiled: bool = False
     #: Why ``default_max_length`` is the most a window can hold (for error messages).
     length_limit_reason: str = "the model's limit"
+    #: ``"torch"`` (``model`` is the transformers model) or ``"onnx"`` (``model`` is an
+    #: :class:`~crag_integrations.engine.onnx.OnnxModel`).
+    backend: str = "torch"
 
 
 def _offline_from_env() -> bool:
@@ -300,7 +314,9 @@ def load_model(key: LoadKey) -> LoadedModel:
     except OSError as exc:
         raise ModelUnavailableError(_unavailable_message(key, exc)) from exc
     device = torch.device(key.device)
-    model.to(device)
+    if key.backend != "onnx":
+        # The ONNX export needs the float32 CPU model; its session goes to the device.
+        model.to(device)
     model.eval()
 
     default_max_length, length_limit_reason = window_length_limit(model, config, tokenizer)
@@ -313,6 +329,8 @@ def load_model(key: LoadKey) -> LoadedModel:
     )
     if key.compile:
         model = torch.compile(model)
+    if key.backend == "onnx":
+        model = _load_onnx(key, model, head, input_names)
     pad = tokenizer.pad_token_id
     return LoadedModel(
         model=model,
@@ -326,4 +344,44 @@ def load_model(key: LoadKey) -> LoadedModel:
         attention=attention,
         compiled=key.compile,
         length_limit_reason=length_limit_reason,
+        backend=key.backend,
+    )
+
+
+def checkpoint_directory(key: LoadKey, commit: str | None) -> str:
+    """The local folder holding the checkpoint's files: the directory itself, or for a hub
+    id the snapshot folder of the commit that was just loaded (in the Hugging Face cache).
+
+    Raises:
+        ModelUnavailableError: The hub cache holds no snapshot of that commit.
+    """
+    if os.path.isdir(key.model):
+        return key.model
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(
+        key.model, "config.json", cache_dir=key.cache_dir, revision=commit or key.revision
+    )
+    if not isinstance(found, str):
+        raise ModelUnavailableError(
+            f"{key.model!r} was loaded, but its files are not in a Hugging Face cache snapshot "
+            "that the ONNX back-end can export from; download it (`hf download "
+            f"{key.model}`) or pass the path of a local checkpoint directory"
+        )
+    return os.path.dirname(found)
+
+
+def _load_onnx(key: LoadKey, model: Any, head: ModelHead, input_names: tuple[str, ...]) -> Any:
+    """Open the checkpoint's ONNX graph (shipped, cached, or exported now from ``model``)."""
+    from crag_integrations.engine.onnx import load_onnx_model
+
+    directory = checkpoint_directory(key, getattr(model.config, "_commit_hash", None))
+    # The caller drops ``model`` once this returns: only the session serves.
+    return load_onnx_model(
+        directory,
+        task=head.kind,
+        input_names=input_names,
+        quantize="int8" if key.quantize == "int8" else None,
+        device=key.device,
+        load_model=lambda: model,
     )

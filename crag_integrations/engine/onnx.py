@@ -73,9 +73,11 @@ __all__ = [
     "export_onnx",
     "find_shipped_onnx",
     "int8_settings",
+    "is_onnx_out_of_memory",
     "load_onnx_model",
     "prepare_onnx",
     "quantize_int8",
+    "resolve_onnx_device",
 ]
 
 logger = logging.getLogger(__name__)
@@ -516,8 +518,22 @@ def quantize_int8(
     chosen = dict(int8_settings() if settings is None else settings)
     chosen["weight_type"] = getattr(quantization.QuantType, str(chosen["weight_type"]))
     destination = Path(destination)
-    quantization.quantize_dynamic(str(source), str(destination), **chosen)
+    root = logging.getLogger()
+    root.addFilter(_skip_preprocessing_advice)
+    try:
+        quantization.quantize_dynamic(str(source), str(destination), **chosen)
+    finally:
+        root.removeFilter(_skip_preprocessing_advice)
     return destination
+
+
+def _skip_preprocessing_advice(record: logging.LogRecord) -> bool:
+    """Drop onnxruntime's root-logger advice to pre-process the graph before quantising.
+
+    ``quantize_dynamic`` logs it on every call; the recipe quantises the exported graph as it
+    is, which is what the measurements in :data:`INT8_SETTINGS` were taken with.
+    """
+    return not str(record.msg).startswith("Please consider to run pre-processing")
 
 
 def _default_loader(checkpoint: Path, task: HeadKind) -> Callable[[], Any]:
@@ -631,6 +647,41 @@ def prepare_onnx(
 
 # --------------------------------------------------------------------------------------
 # Sessions
+
+
+def resolve_onnx_device(device: str, *, quantize: Quantize | str | None = None) -> str:
+    """The device an ONNX engine runs on: ``device`` itself, or for ``"auto"`` the GPU when
+    torch sees one and this onnxruntime has the CUDA provider, else the CPU (always the CPU
+    for int8, whose kernels are CPU kernels).
+
+    Raises:
+        ImportError: onnxruntime is not installed (the message names the extra).
+    """
+    if device != "auto":
+        return device
+    if quantize == "int8":
+        return "cpu"
+    import torch
+
+    providers = _import_onnxruntime().get_available_providers()
+    if "CUDAExecutionProvider" in providers and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+#: How ONNX Runtime words an allocation failure (it has no out-of-memory exception type):
+#: its arena's "Failed to allocate memory" and CUDA's "out of memory".
+_OUT_OF_MEMORY = re.compile(r"failed to allocate memory|out of memory", re.IGNORECASE)
+
+
+def is_onnx_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is ONNX Runtime failing to allocate a batch's memory.
+
+    Only exceptions raised by onnxruntime itself count, so a ``ValueError`` of ours that
+    happens to say "out of memory" is not mistaken for one.
+    """
+    module = type(exc).__module__ or ""
+    return module.startswith("onnxruntime") and bool(_OUT_OF_MEMORY.search(str(exc)))
 
 
 def _providers(device: str, available: Sequence[str]) -> list[Any]:

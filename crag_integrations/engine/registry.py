@@ -48,7 +48,8 @@ def get_engine(config: EngineConfig | str, **overrides: Any) -> CrossEncoderEngi
         The same :class:`CrossEncoderEngine` object for equal configurations. Engines whose
         configurations differ only in ``max_length``, ``stride``, ``token_budget``,
         ``max_wait_ms``, ``max_queue``, ``cache_size`` or ``cache_bytes`` share one loaded
-        model (and its score cache).
+        model (and its score cache); ``backend`` and ``quantize`` name other weights (a
+        torch and an ONNX engine of one checkpoint are two loaded models).
 
     Example:
         >>> a = get_engine("cross-encoder/ms-marco-MiniLM-L6-v2", device="cpu")
@@ -75,16 +76,25 @@ def _runner_for(config: EngineConfig) -> ModelRunner:
     """The runner of the weights ``config`` names, created on first need (imports torch)."""
     from crag_integrations.engine.devices import resolve_device, resolve_dtype
 
-    device = resolve_device(config.device)
+    if config.backend == "onnx":
+        from crag_integrations.engine.onnx import resolve_onnx_device
+
+        device = resolve_onnx_device(config.device, quantize=config.quantize)
+        dtype = "float32"  # the exported graph is float32 (int8 is a rewrite of it)
+    else:
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
     key = LoadKey(
         model=config.model,
         revision=config.revision,
         device=device,
-        dtype=resolve_dtype(config.dtype, device),
+        dtype=dtype,
         trust_remote_code=config.trust_remote_code,
         local_files_only=config.local_files_only,
         cache_dir=config.cache_dir,
         compile=config.compile,
+        backend=config.backend,
+        quantize=config.quantize,
     )
     with _REGISTRY_LOCK:
         runner = _RUNNERS.get(key)

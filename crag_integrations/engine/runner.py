@@ -15,6 +15,11 @@ so every other pair of the batch still gets its result. An accelerator out-of-me
 first splits the batch in half and lowers the token budget of later batches; the lowered
 budget doubles again after every :data:`BUDGET_RECOVERY_BATCHES` batches that run without
 one, until it is back at the configured budget.
+
+Both back-ends run behind the same owner thread, windows, batching and isolation: the
+forward pass fills one set of padded int64 arrays and hands them to the torch model or to
+the ONNX Runtime session (``backend="onnx"``), whose allocation failures count as
+out-of-memory errors too.
 """
 
 from __future__ import annotations
@@ -56,12 +61,23 @@ BUDGET_RECOVERY_BATCHES = 16
 _STOP = object()
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an accelerator out-of-memory error (worth splitting the batch)."""
+def _is_out_of_memory(exc: BaseException, backend: str = "torch") -> bool:
+    """Whether ``exc`` is an out-of-memory error (worth splitting the batch)."""
+    if backend == "onnx":
+        from crag_integrations.engine.onnx import is_onnx_out_of_memory
+
+        return is_onnx_out_of_memory(exc)
     import torch
 
     oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
     return isinstance(exc, oom)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis in float32, as ``torch.softmax`` computes it."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
 
 
 class ModelRunner:
@@ -329,13 +345,13 @@ class ModelRunner:
             self._forward(loaded, batch, task)
             return
         except Exception as exc:
-            if len(batch) < 2 or not _is_out_of_memory(exc):
+            if len(batch) < 2 or not _is_out_of_memory(exc, loaded.backend):
                 raise
         # Retry only after leaving the except block: while an exception is being handled its
         # traceback keeps the failed pass's frames, and so its activations, alive.
-        import torch
+        if loaded.device.type == "cuda" and loaded.backend == "torch":
+            import torch
 
-        if loaded.device.type == "cuda":
             torch.cuda.empty_cache()
         half = len(batch) // 2
         self.oom_splits += 1
@@ -352,8 +368,6 @@ class ModelRunner:
         self._forward_splitting(loaded, batch[half:], task)
 
     def _forward(self, loaded: LoadedModel, batch: list[Window], task: Task) -> None:
-        import torch
-
         longest = max(len(w.input_ids) for w in batch)
         # Few distinct shapes: compiled graphs and per-shape attention plans get reused.
         bucketed = loaded.compiled or loaded.device.type == "cuda"
@@ -370,6 +384,13 @@ class ModelRunner:
             attention_mask[row, :length] = 1
             if with_types and window.token_type_ids is not None:
                 token_type_ids[row, :length] = window.token_type_ids
+        if loaded.backend == "onnx":
+            self._forward_onnx(
+                loaded, batch, task, input_ids, attention_mask, token_type_ids, with_types
+            )
+            return
+        import torch
+
         arrays = {"input_ids": input_ids, "attention_mask": attention_mask}
         if with_types:
             arrays["token_type_ids"] = token_type_ids
@@ -386,6 +407,28 @@ class ModelRunner:
                 window.output = tuple(row)
         else:
             probabilities = torch.softmax(logits, dim=-1).cpu()
+            for row, window in enumerate(batch):
+                assert window.text_positions is not None
+                window.output = probabilities[row, window.text_positions].tolist()
+
+    def _forward_onnx(
+        self,
+        loaded: LoadedModel,
+        batch: list[Window],
+        task: Task,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        token_type_ids: np.ndarray,
+        with_types: bool,
+    ) -> None:
+        """The same padded arrays through the ONNX Runtime session; the same outputs."""
+        logits = loaded.model.run(input_ids, attention_mask, token_type_ids if with_types else None)
+        self.forward_passes += 1
+        if task == "sequence":
+            for window, row in zip(batch, logits.tolist(), strict=True):
+                window.output = tuple(row)
+        else:
+            probabilities = _softmax(logits)
             for row, window in enumerate(batch):
                 assert window.text_positions is not None
                 window.output = probabilities[row, window.text_positions].tolist()
