@@ -205,11 +205,6 @@ class EngineConfig:
         """Whether engines of this configuration read and write the score cache."""
         return self.cache_size > 0 and self.cache_bytes > 0
 
-    @property
-    def is_local(self) -> bool:
-        """Whether ``model`` names an existing local directory."""
-        return Path(self.model).is_dir()
-
 
 _DEFAULT_CONFIGS: dict[tuple[str, str], EngineConfig] = {}
 

@@ -10,8 +10,10 @@ above some batch size, a stall). The device is simulated by wrapping the loaded 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -544,3 +546,56 @@ def test_two_threads_scoring_the_same_new_pair_compute_it_once(
     assert device.rows == [1]  # one forward pass, one row
     info = engine.cache_info()
     assert (info.misses, info.hits, info.size) == (1, 1, 1)
+
+
+def test_a_joiner_of_a_cancelled_caller_stuck_on_a_full_queue_never_hangs(
+    model_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A (async) claims pair X but waits for room in a full queue; B (a thread) joins X; A is
+    cancelled, then the engine is released before A's request found room: B ends with the
+    "released" error instead of waiting for X forever."""
+    engine = get_engine(model_path, max_wait_ms=0, max_queue=1)
+    engine.clear_cache()
+    device = Device(engine, monkeypatch)
+    blocker = _blocked(engine, device)
+
+    def fill() -> None:
+        with contextlib.suppress(RuntimeError):  # it may be failed by the release: fine
+            engine.score_pairs([("filler", "fills the queue")])
+
+    filler = threading.Thread(target=fill)
+    filler.start()
+    deadline = time.monotonic() + 30
+    while engine._runner.queued < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    x = ("stuck question", TEXTS[0])
+    joined: list[Any] = []
+
+    def join_x() -> None:
+        try:
+            joined.append(engine.score_pairs([x]))
+        except RuntimeError as exc:
+            joined.append(exc)
+
+    async def main() -> None:
+        a = asyncio.ensure_future(engine.ascore_pairs([x]))
+        await asyncio.sleep(0.1)  # A has claimed X and waits for a queue slot
+        b = threading.Thread(target=join_x)
+        b.start()
+        await asyncio.sleep(0.1)  # B has joined A's computation of X
+        a.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await a
+        releaser = threading.Thread(target=release_engines)  # it waits for the owner
+        releaser.start()
+        await asyncio.to_thread(b.join, 30)
+        assert device.gate is not None
+        device.gate.set()
+        await asyncio.to_thread(releaser.join, 30)
+        assert not b.is_alive(), "the joiner hangs"
+
+    asyncio.run(main())
+    for thread in (blocker, filler):
+        thread.join(30)
+    assert len(joined) == 1 and isinstance(joined[0], RuntimeError)
+    assert "released" in str(joined[0])

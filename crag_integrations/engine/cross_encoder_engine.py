@@ -381,8 +381,9 @@ class CrossEncoderEngine:
     def _fail_submission(plan: _Plan, exc: BaseException) -> None:
         """The request never reached the owner: fail it, so joined callers do not wait."""
         assert plan.request is not None
-        if plan.request.future.set_running_or_notify_cancel():
-            plan.request.future.set_exception(exc)
+        future = plan.request.future
+        if not future.done() and future.set_running_or_notify_cancel():
+            future.set_exception(exc)
 
     def _abandon(self, plan: _Plan) -> None:
         """This caller stopped waiting (cancelled, timed out): let go of its computations."""

@@ -147,6 +147,15 @@ class ModelRunner:
             self._queue.put(request)
         return True
 
+    def _enqueue_or_fail(self, request: Request) -> None:
+        try:
+            self._enqueue(request, block=True)
+        except BaseException as exc:
+            future = request.future
+            if not future.done() and future.set_running_or_notify_cancel():
+                future.set_exception(exc)
+            raise
+
     def submit(self, request: Request) -> Future[Any]:
         """Queue ``request``, blocking while ``max_queue`` requests are already waiting."""
         _ = self.loaded  # load on first use, in the caller's thread, exactly once
@@ -158,18 +167,11 @@ class ModelRunner:
         if not self.is_loaded:
             await asyncio.to_thread(lambda: self.loaded)
         if not self._enqueue(request, block=False):
-            # The queue is full: wait for a slot in a worker thread, not on the loop.
-            await asyncio.to_thread(self._enqueue, request, block=True)
-
-    async def asubmit(self, request: Request) -> Any:
-        """Queue ``request`` and await its outcomes without blocking the event loop."""
-        try:
-            await self.aenqueue(request)
-            # Cancelling this await cancels the concurrent future; the owner skips it.
-            return await asyncio.wrap_future(request.future)
-        except asyncio.CancelledError:
-            request.future.cancel()
-            raise
+            # The queue is full: wait for a slot in a worker thread, not on the loop. The
+            # thread outlives a cancelled caller, and others may have joined this request's
+            # computation: if the slot never comes (the engine is released), the request
+            # itself fails, so that nobody waits for it forever.
+            await asyncio.to_thread(self._enqueue_or_fail, request)
 
     def close(self) -> None:
         """Stop the owner thread, fail what is still queued, free the weights and the cache."""
