@@ -212,9 +212,10 @@ _DEFAULT_CONFIGS: dict[tuple[str, str], EngineConfig] = {}
 def as_engine_config(model: str | EngineConfig) -> EngineConfig:
     """``model`` as an :class:`EngineConfig`: a hub id or path becomes one with defaults.
 
-    The config of a string is built once per working directory and then reused (roles
-    call this on every call), so the steady state touches neither the filesystem nor a
-    lock.
+    The config of a local directory is built once per working directory and then reused
+    (roles call this on every call), so the steady state touches neither the filesystem nor
+    a lock; a hub id is checked again each time (one ``stat``), since a directory of that
+    name may appear later.
 
     Raises:
         TypeError: ``model`` is neither a string nor an ``EngineConfig``.
@@ -226,8 +227,11 @@ def as_engine_config(model: str | EngineConfig) -> EngineConfig:
         config = _DEFAULT_CONFIGS.get((model, where))
         if config is None:
             config = EngineConfig(model=model)
-            if len(_DEFAULT_CONFIGS) >= _NORMALISED_MAX:
-                _DEFAULT_CONFIGS.clear()
-            _DEFAULT_CONFIGS[(model, where)] = config
+            # Only directories are remembered, as in _normalise_model: a name that is not
+            # one yet may become one (a checkpoint still to be trained).
+            if os.path.isdir(config.model):
+                if len(_DEFAULT_CONFIGS) >= _NORMALISED_MAX:
+                    _DEFAULT_CONFIGS.clear()
+                _DEFAULT_CONFIGS[(model, where)] = config
         return config
     raise TypeError(f"model must be a hub id, a local path or an EngineConfig, not {model!r}")

@@ -610,3 +610,15 @@ def test_a_checkpoint_made_after_its_first_mention_is_still_one_engine(
     assert EngineConfig(model="ckpt").model == "ckpt"
     (tmp_path / "ckpt").mkdir()
     assert EngineConfig(model="ckpt") == EngineConfig(model=str(tmp_path / "ckpt"))
+
+
+def test_a_role_naming_a_checkpoint_before_it_exists_shares_its_engine_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """as_engine_config (what the roles call) must not pin a relative name either."""
+    from crag_integrations.config import as_engine_config
+
+    monkeypatch.chdir(tmp_path)
+    assert as_engine_config("later").model == "later"
+    (tmp_path / "later").mkdir()
+    assert as_engine_config("later") == EngineConfig(model=str(tmp_path / "later"))
