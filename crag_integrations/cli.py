@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from crag_integrations.config import EngineConfig
 from crag_integrations.corpus import add_score_arguments, score_from_args
 from crag_integrations.engine.progress import disable_progress_bars
 from crag_integrations.errors import DataError, IncompatibleModelError, ModelUnavailableError
@@ -47,6 +48,15 @@ def _add_window_option(parser: argparse.ArgumentParser) -> None:
 
 def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
+    parser.add_argument(
+        "--backend", choices=["torch", "onnx"], default="torch", help="engine back-end"
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="with --backend onnx: the dynamically quantised int8 graph (CPU)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -228,6 +238,8 @@ def _evaluate_reranker(a: argparse.Namespace) -> dict[str, Any]:
             max_length=a.max_length,
             batch_size=a.batch_size,
             device=a.device,
+            backend=a.backend,
+            quantize=a.quantize,
             show_progress=not a.quiet,
         )
     return {"split": a.split, **metrics.as_dict()}
@@ -243,6 +255,8 @@ def _evaluate_grader(a: argparse.Namespace) -> dict[str, Any]:
         max_length=a.max_length,
         batch_size=a.batch_size,
         device=a.device,
+        backend=a.backend,
+        quantize=a.quantize,
         show_progress=not a.quiet,
     ).as_dict()
 
@@ -259,6 +273,8 @@ def _evaluate_highlighter(a: argparse.Namespace) -> dict[str, Any]:
         max_length=a.max_length,
         stride=a.stride,
         device=a.device,
+        backend=a.backend,
+        quantize=a.quantize,
         show_progress=not a.quiet,
     ).as_dict()
 
@@ -283,6 +299,22 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 }
 
 
+def _check_backend_arguments(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Refuse ``--backend`` / ``--quantize`` where they would change nothing or cannot run."""
+    backend, quantize = getattr(a, "backend", "torch"), getattr(a, "quantize", None)
+    if quantize is not None and backend != "onnx":
+        parser.error(f"--quantize {quantize} needs --backend onnx")
+    if (backend, quantize) != ("torch", None) and not getattr(a, "model", True):
+        parser.error("--backend and --quantize choose how --model runs; give --model")
+    if getattr(a, "model", None) and hasattr(a, "backend"):
+        try:  # the engine's own checks (device and back-end), before any model work
+            EngineConfig(
+                model=a.model, device=a.device or "auto", backend=a.backend, quantize=a.quantize
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand and print its result as JSON.
 
@@ -290,16 +322,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name; defaults to ``sys.argv[1:]``.
 
     Returns:
-        The exit status: 0 on success, 2 when the model is missing or of the wrong kind, or
-        the data cannot be used (missing file, unknown type, missing column): the reason goes
-        to standard error as one line, without a traceback.
+        The exit status: 0 on success, 2 when the model is missing or of the wrong kind, the
+        data cannot be used (missing file, unknown type, missing column) or an optional
+        dependency the command needs is not installed: the reason goes to standard error as
+        one line, without a traceback.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_backend_arguments(parser, args)
     if getattr(args, "quiet", False):
         disable_progress_bars()
     try:
         result = _COMMANDS[args.command](args)
-    except (ModelUnavailableError, IncompatibleModelError, DataError, FileNotFoundError) as exc:
+    except (
+        ModelUnavailableError,
+        IncompatibleModelError,
+        DataError,
+        FileNotFoundError,
+        ImportError,  # an extra that is not installed (the message names it)
+    ) as exc:
         print(f"crag-integrations {args.command}: error: {exc}", file=sys.stderr)
         return 2
     json.dump(result, sys.stdout, indent=2, sort_keys=True)

@@ -13,6 +13,14 @@ Protocol: TREC DL19 is the test set and is never trained on. DL21's judged passa
 for training (grade >= 2 positive); its unjudged passages are unknown, so they only carry the
 bi-encoder teacher's score, never a negative label. ``--quick`` shrinks everything for a CPU
 smoke run (its numbers mean nothing).
+
+A CPU-sized reranker (the one behind the int8 study in ``docs/performance.md``): the best
+variant only, on capped lists (known positives first, the rest a random sample)::
+
+    python scripts/train_starter_models.py --data-dir ../shared/data --minilm "$MINILM/model" \
+        --work-dir /tmp/starter --results /tmp/starter/results_rank_cpu.json --only reranker \
+        --reranker-variants distill+labels --reranker-lists 1600 --list-size 8 \
+        --reranker-epochs 1 --reranker-max-length 128 --ranking-splits dl19
 """
 
 from __future__ import annotations
@@ -46,6 +54,9 @@ from crag_integrations.training import (
 )
 
 Row = dict[str, Any]
+
+#: Reranker rows of the recipe; ``distill+labels+bce`` fine-tunes ``distill+labels``.
+RERANKER_VARIANTS = ("distill", "distill+labels", "distill+labels+bce", "bce-only")
 
 
 def prepare_models(minilm: Path, work: Path) -> tuple[Path, Path]:
@@ -181,6 +192,31 @@ def reranker_lists(data_dir: Path, bi_encoder: Path, limit: int | None, seed: in
     return lists
 
 
+def cap_lists(lists: list[Row], count: int | None, size: int | None, seed: int) -> list[Row]:
+    """The first ``count`` lists, each cut to ``size`` candidates.
+
+    Known positives come first (a list with more than ``size`` positives keeps its first
+    ``size`` positives and no other candidate: the teacher's scores still order them); the
+    remaining places are a random sample of the other candidates, in the list's order.
+    """
+    rng = random.Random(seed)
+    capped = []
+    for item in lists[:count]:
+        order = list(range(len(item["documents"])))
+        if size is not None and len(order) > size:
+            positives = [i for i in order if item["labels"][i] >= 1]
+            others = [i for i in order if item["labels"][i] < 1]
+            order = sorted([*positives, *rng.sample(others, max(0, size - len(positives)))][:size])
+        capped.append(
+            {
+                "query": item["query"],
+                "documents": [item["documents"][i] for i in order],
+                "labels": [item["labels"][i] for i in order],
+            }
+        )
+    return capped
+
+
 def positive_pairs(lists: list[Row]) -> list[Row]:
     return [
         {"query": item["query"], "positive": doc}
@@ -259,6 +295,30 @@ def highlighter_rows(data_dir: Path, seed: int) -> tuple[list[Row], list[Row]]:
     return train, test
 
 
+def grader_splits(
+    data_dir: Path, seed: int, eval_rows: int | None, quick: bool = False
+) -> tuple[list[Row], list[Row], list[Row]]:
+    """Grader train rows and the two evaluation samples the results were measured on."""
+    train, test, dl19_pairs = grader_rows(data_dir, seed)
+    if quick:
+        train, test, dl19_pairs = train[:32], test[:16], dl19_pairs[:16]
+    rng = random.Random(seed)
+    test = rng.sample(test, min(len(test), eval_rows or len(test)))
+    dl19_pairs = rng.sample(dl19_pairs, min(len(dl19_pairs), eval_rows or len(dl19_pairs)))
+    return train, test, dl19_pairs
+
+
+def highlighter_splits(
+    data_dir: Path, seed: int, eval_rows: int | None, quick: bool = False
+) -> tuple[list[Row], list[Row]]:
+    """Highlighter train rows and the evaluation sample the results were measured on."""
+    train, test = highlighter_rows(data_dir, seed)
+    if quick:
+        train, test = train[:32], test[:16]
+    test = random.Random(seed).sample(test, min(len(test), eval_rows or len(test)))
+    return train, test
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True)
@@ -270,6 +330,24 @@ def main() -> None:
         "--only", nargs="+", default=["baselines", "reranker", "grader", "highlighter"]
     )
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument(
+        "--reranker-variants",
+        nargs="+",
+        choices=RERANKER_VARIANTS,
+        default=list(RERANKER_VARIANTS),
+        help="reranker rows to train (distill+labels+bce starts from distill+labels)",
+    )
+    parser.add_argument("--reranker-lists", type=int, default=None, help="cap training lists")
+    parser.add_argument("--list-size", type=int, default=None, help="cap candidates per list")
+    parser.add_argument("--reranker-epochs", type=float, default=None, help="distill epochs")
+    parser.add_argument("--reranker-max-length", type=int, default=256, help="reranker tokens")
+    parser.add_argument(
+        "--ranking-splits",
+        nargs="+",
+        choices=["dl19", "dl21"],
+        default=["dl19", "dl21"],
+        help="where rerankers are ranked",
+    )
     parser.add_argument("--train-rows", type=int, default=None, help="cap grader/highlighter rows")
     parser.add_argument("--eval-rows", type=int, default=None, help="cap held-out rows")
     parser.add_argument("--epochs", type=float, default=None, help="grader/highlighter epochs")
@@ -281,6 +359,14 @@ def main() -> None:
         help="grader/highlighter batch (default: 16 with --train-rows, else 64 / 32)",
     )
     a = parser.parse_args()
+    chained = a.work_dir / "reranker-distill+labels"
+    if (
+        "reranker" in a.only
+        and "distill+labels+bce" in a.reranker_variants
+        and "distill+labels" not in a.reranker_variants
+        and not (chained / "config.json").is_file()
+    ):
+        parser.error(f"distill+labels+bce fine-tunes {chained}: train distill+labels too")
 
     import torch
 
@@ -305,9 +391,14 @@ def main() -> None:
     def ranking(model: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for split, qs, qr in (("dl19", dl19, qrels19), ("dl21", dl21, qrels21)):
-            if qs:
+            if qs and split in a.ranking_splits:
                 m = evaluate_reranker(
-                    model, qs, qr, relevance_threshold=2, max_length=256, batch_size=256
+                    model,
+                    qs,
+                    qr,
+                    relevance_threshold=2,
+                    max_length=a.reranker_max_length,  # the length it was trained at
+                    batch_size=256,
                 )
                 out[split] = m.as_dict()
         return out
@@ -324,14 +415,17 @@ def main() -> None:
 
     if "reranker" in a.only:
         lists = reranker_lists(a.data_dir, bi_encoder, 6 if quick else None, a.seed)
-        epochs = 1.0 if quick else 3.0
+        lists = cap_lists(lists, a.reranker_lists, a.list_size, a.seed)
+        epochs = 1.0 if quick else a.reranker_epochs or 3.0
         steps = 2 if quick else -1
-        common = {"max_length": 256, "seed": a.seed, "max_steps": steps}
+        common = {"max_length": a.reranker_max_length, "seed": a.seed, "max_steps": steps}
         variants = [
             ("distill", {"label_boost": 0.0}),
             ("distill+labels", {"label_boost": 3.0}),
         ]
         for name, extra in variants:
+            if name not in a.reranker_variants:
+                continue
             out = a.work_dir / f"reranker-{name}"
             s = train_reranker(
                 lists,
@@ -352,6 +446,8 @@ def main() -> None:
             ("distill+labels+bce", a.work_dir / "reranker-distill+labels", 1e-5),
             ("bce-only", plain, 2e-5),
         ):
+            if name not in a.reranker_variants:
+                continue
             out = a.work_dir / f"reranker-{name}"
             s = train_reranker(
                 pairs,
@@ -368,13 +464,8 @@ def main() -> None:
             record(f"reranker-{name}", training=s.as_dict(), metrics=ranking(out))
 
     if "grader" in a.only:
-        train, test, dl19_pairs = grader_rows(a.data_dir, a.seed)
-        if quick:
-            train, test, dl19_pairs = train[:32], test[:16], dl19_pairs[:16]
-        rng = random.Random(a.seed)
+        train, test, dl19_pairs = grader_splits(a.data_dir, a.seed, a.eval_rows, quick)
         train = train[: a.train_rows]
-        test = rng.sample(test, min(len(test), a.eval_rows or len(test)))
-        dl19_pairs = rng.sample(dl19_pairs, min(len(dl19_pairs), a.eval_rows or len(dl19_pairs)))
         length = a.max_length or 256
         out = a.work_dir / "grader"
         s = train_grader(
@@ -398,11 +489,8 @@ def main() -> None:
         )
 
     if "highlighter" in a.only:
-        train, test = highlighter_rows(a.data_dir, a.seed)
-        if quick:
-            train, test = train[:32], test[:16]
+        train, test = highlighter_splits(a.data_dir, a.seed, a.eval_rows, quick)
         train = train[: a.train_rows]
-        test = random.Random(a.seed).sample(test, min(len(test), a.eval_rows or len(test)))
         length = a.max_length or 384
         out = a.work_dir / "highlighter"
         s = train_highlighter(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crag_integrations.evaluation import (
     SpanExample,
@@ -16,11 +19,13 @@ from crag_integrations.evaluation import (
     classification_metrics,
     dcg_at_k,
     evaluate_ranking,
+    kendall_tau,
     load_scifact,
     load_trec_dl,
     load_wikiqa,
     load_xquad,
     ndcg_at_k,
+    paired_bootstrap_interval,
     rank_by_scores,
     reciprocal_rank_at_k,
     resolve_data_dir,
@@ -311,6 +316,89 @@ def test_sentence_spans_are_the_highlighters_sentences() -> None:
     assert [text[s:e] for s, e in sentence_spans(text)][-2:] == ["Last", "No stop here"]
 
 
+def test_kendall_tau_counts_concordant_and_discordant_pairs() -> None:
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    # 3 items, pairs (1,2) concordant, (1,3) concordant, (2,3) discordant: (2 - 1) / 3
+    assert kendall_tau([1, 2, 3], [10, 30, 20]) == pytest.approx(1 / 3)
+
+
+def test_kendall_tau_corrects_for_ties_like_tau_b() -> None:
+    # x ties items 0 and 1; y ties none. C = 4, D = 1, ties only in x = 1:
+    # (4 - 1) / sqrt((4 + 1 + 1) * (4 + 1 + 0)).
+    x, y = [1, 1, 2, 3], [1, 2, 4, 3]
+    assert kendall_tau(x, y) == pytest.approx(3 / math.sqrt(6 * 5))
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = random.Random(3)
+    for _ in range(20):
+        a = [rng.choice([0.0, 0.5, 1.0, 2.0]) for _ in range(12)]
+        b = [rng.choice([0.0, 1.0, 3.0]) + rng.random() * (i % 2) for i in range(12)]
+        expected = scipy_stats.kendalltau(a, b).statistic
+        assert kendall_tau(a, b) == pytest.approx(expected, nan_ok=True)
+
+
+_SCORES = st.lists(
+    st.tuples(
+        st.floats(-1e6, 1e6, allow_nan=False) | st.sampled_from([0.0, 1.0]),
+        st.floats(-1e6, 1e6, allow_nan=False) | st.sampled_from([0.0, 1.0]),
+    ),
+    min_size=2,
+    max_size=25,
+)
+
+
+@given(_SCORES)
+def test_kendall_tau_is_symmetric_bounded_and_rank_only(pairs: list[tuple[float, float]]) -> None:
+    x, y = [p[0] for p in pairs], [p[1] for p in pairs]
+    tau = kendall_tau(x, y)
+    if math.isnan(tau):
+        assert len(set(x)) == 1 or len(set(y)) == 1
+        return
+    assert -1 - 1e-12 <= tau <= 1 + 1e-12
+    assert kendall_tau(y, x) == pytest.approx(tau)
+    assert kendall_tau(x, [-v for v in y]) == pytest.approx(-tau)
+    # Only the order counts: replacing each score by its rank among the distinct scores
+    # (a strictly increasing map) changes nothing.
+    rank = {v: i for i, v in enumerate(sorted(set(x)))}
+    assert kendall_tau([rank[v] for v in x], y) == pytest.approx(tau)
+    if len(set(x)) > 1:
+        assert kendall_tau(x, x) == 1.0
+
+
+def test_kendall_tau_is_nan_when_a_list_orders_nothing_and_refuses_bad_input() -> None:
+    assert math.isnan(kendall_tau([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="one length"):
+        kendall_tau([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="at least two"):
+        kendall_tau([1.0], [1.0])
+    with pytest.raises(ValueError, match="NaN"):
+        kendall_tau([1.0, math.nan], [1.0, 2.0])
+
+
+def test_paired_bootstrap_interval_brackets_the_mean_and_is_reproducible() -> None:
+    assert paired_bootstrap_interval([0.25] * 7) == (0.25, 0.25)
+    diffs = [0.1, -0.05, 0.02, 0.0, 0.3, -0.2, 0.07, 0.01, -0.01, 0.04]
+    low, high = paired_bootstrap_interval(diffs, resamples=2000, seed=5)
+    mean = sum(diffs) / len(diffs)
+    assert low < mean < high
+    assert (low, high) == paired_bootstrap_interval(diffs, resamples=2000, seed=5)
+    narrow = paired_bootstrap_interval(diffs, confidence=0.5, resamples=2000, seed=5)
+    assert low <= narrow[0] <= narrow[1] <= high
+    # A difference every item shows is outside the noise band: the interval excludes 0.
+    assert paired_bootstrap_interval([0.01 + 0.001 * i for i in range(30)])[0] > 0
+
+
+def test_paired_bootstrap_interval_refuses_what_it_cannot_resample() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        paired_bootstrap_interval([])
+    with pytest.raises(ValueError, match="NaN"):
+        paired_bootstrap_interval([0.1, math.nan])
+    with pytest.raises(ValueError, match="confidence"):
+        paired_bootstrap_interval([0.1], confidence=1.0)
+    with pytest.raises(ValueError, match="resamples"):
+        paired_bootstrap_interval([0.1], resamples=0)
+
+
 def test_evaluation_imports_no_torch_and_keeps_its_public_names() -> None:
     """The metrics and loaders stay importable without torch, under their old names."""
     code = (
@@ -322,7 +410,7 @@ def test_evaluation_imports_no_torch_and_keeps_its_public_names() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert out == ["none", "25", "True"]
+    assert out == ["none", "27", "True"]
 
 
 def test_resolve_data_dir_explains_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:

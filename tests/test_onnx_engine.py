@@ -14,6 +14,7 @@ unchanged.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -615,3 +616,135 @@ def test_int8_runs_through_the_engine_close_but_not_exact(
     error = np.abs(approximate - exact).max()
     assert 1e-5 < error < 0.25 * max(np.abs(exact).max(), 1e-3)
     assert np.corrcoef(exact, approximate)[0, 1] > 0.95
+
+
+def test_int8_scores_depend_on_the_batch_and_fp32_scores_do_not(
+    tiny: dict[str, str], released: None
+) -> None:
+    """Documented: dynamic int8 quantises activations per forward pass, so batch-mates matter.
+
+    ONNX Runtime's dynamic quantisation takes one scale per activation tensor, i.e. per batch
+    (padding included), so a pair scored alone and the same pair scored among others differ;
+    fp32 (torch and ONNX) gives a pair the same score whatever shares its batch.
+    """
+    path = tiny["bert-rerank"]
+    pairs = [(f"{QUERY} {i}", (TEXTS[i % 4] + " ") * (1 + i % 5)) for i in range(12)]
+    spread = {}
+    for backend, quantize in (("torch", None), ("onnx", None), ("onnx", "int8")):
+        engine = get_engine(_config(path, backend, quantize=quantize))
+        together = np.ravel([s.window_logits[0] for s in engine.score_pairs(pairs)])
+        alone = np.ravel([engine.score_pairs([pair])[0].window_logits[0] for pair in pairs])
+        spread[quantize or backend] = float(np.abs(together - alone).max())
+    assert spread["torch"] < PARITY and spread["onnx"] < PARITY
+    assert spread["int8"] > 100 * PARITY
+
+
+# ------------------------------------------------------- measuring a checkpoint on a back-end
+
+
+def test_checkpoint_evaluation_runs_on_the_onnx_backend_with_torch_s_results(
+    tiny: dict[str, str], released: None
+) -> None:
+    """``score_pairs`` / ``predict_labels`` / ``predict_spans`` take the engine's back-end."""
+    from crag_integrations.evaluation.checkpoints import predict_labels, predict_spans, score_pairs
+
+    queries = [QUERY] * len(TEXTS)
+    texts = [t or "empty" for t in TEXTS]
+    scores = {
+        backend: score_pairs(tiny["bert-rerank"], queries, texts, backend=backend)  # type: ignore[arg-type]
+        for backend in BACKENDS
+    }
+    np.testing.assert_allclose(scores["onnx"], scores["torch"], atol=PARITY)
+    int8 = score_pairs(tiny["bert-rerank"], queries, texts, backend="onnx", quantize="int8")
+    assert int8 != scores["onnx"] and np.corrcoef(int8, scores["onnx"])[0, 1] > 0.95
+    labels = {
+        backend: predict_labels(tiny["modernbert-binary"], queries, texts, backend=backend)  # type: ignore[arg-type]
+        for backend in BACKENDS
+    }
+    assert labels["onnx"] == labels["torch"]
+    spans = {
+        backend: predict_spans(
+            tiny["deberta-v2-token"],
+            queries,
+            texts,
+            threshold=0.5,
+            backend=backend,  # type: ignore[arg-type]
+        )
+        for backend in BACKENDS
+    }
+    assert spans["onnx"] == spans["torch"] and any(spans["torch"])
+
+
+def test_the_cli_evaluates_on_the_backend_it_is_given(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], released: None
+) -> None:
+    from crag_integrations.cli import main
+
+    rows = tmp_path / "grades.jsonl"
+    rows.write_text(
+        "\n".join(
+            json.dumps({"query": QUERY, "document": t or "empty", "label": i % 2})
+            for i, t in enumerate(TEXTS)
+        )
+    )
+    results = {}
+    for flags in ([], ["--backend", "onnx"]):
+        command = ["evaluate-grader", "--model", tiny["bert-binary"], "--data", str(rows)]
+        assert main([*command, "--quiet", *flags]) == 0
+        results[tuple(flags)] = json.loads(capsys.readouterr().out)
+    assert results[("--backend", "onnx")] == results[()]
+    # What would change nothing or cannot run is refused before any model work, status 2.
+    for bad, message in (
+        (["--quantize", "int8"], "--quantize int8 needs --backend onnx"),
+        (["--backend", "torch", "--quantize", "int8"], "needs --backend onnx"),
+        (["--backend", "onnx", "--quantize", "int8", "--device", "cuda"], "CPU only"),
+        (["--backend", "onnx", "--device", "mps"], "use backend='torch'"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["evaluate-grader", "--model", tiny["bert-binary"], "--data", str(rows), *bad])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate-reranker", "--first-stage", "--backend", "onnx"])
+    assert exit_info.value.code == 2 and "give --model" in capsys.readouterr().err
+
+
+DATA_DIR = Path(
+    os.environ.get("CRAG_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
+
+
+@pytest.mark.skipif(
+    not (DATA_DIR / "trec-dl19" / "qrels.txt").is_file(),
+    reason=f"shared evaluation data not found at {DATA_DIR} (set CRAG_DATA_DIR)",
+)
+def test_the_int8_quality_study_runs_end_to_end_on_tiny_checkpoints(
+    tiny: dict[str, str], tmp_path: Path, released: None
+) -> None:
+    """benchmarks/onnx_quality.py --quick: every role, every system, fp32 ONNX equal to torch."""
+    import importlib.util
+
+    from crag_integrations.testing import save_tiny_checkpoint
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "onnx_quality.py"
+    spec = importlib.util.spec_from_file_location("onnx_quality", script)
+    assert spec is not None and spec.loader is not None
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    grader = save_tiny_checkpoint(
+        tmp_path / "grader", num_labels=2, id2label={0: "0", 1: "1"}, seed=3
+    )  # the recipe's rows are labelled 0 / 1
+    args = ["--data-dir", str(DATA_DIR), "--out", str(tmp_path / "q.json"), "--quick"]
+    args += ["--reranker", tiny["bert-rerank"], "--grader", str(grader)]
+    results = study.main([*args, "--highlighter", tiny["bert-token"]])
+    reranker = results["reranker"]["systems"]
+    assert set(reranker) == {"torch-fp32", "onnx-fp32", "onnx-int8", "onnx-int8-each-pair-alone"}
+    assert reranker["onnx-fp32"]["max_abs_score_diff"] < PARITY
+    assert reranker["onnx-fp32"]["kendall_tau_min"] == 1.0
+    assert reranker["onnx-fp32"]["ndcg10_diff_ci95"] == [0.0, 0.0]
+    assert 0 < reranker["onnx-int8"]["max_abs_score_diff"] < 1
+    assert reranker["onnx-int8-each-pair-alone"]["max_abs_score_diff_vs_batched_int8"] > 0
+    for sample in ("held_out", "dl19_judged"):
+        assert results["grader"][sample]["systems"]["onnx-fp32"]["flipped"] == 0
+    for threshold in ("0.5", "0.7"):
+        assert results["highlighter"][threshold]["onnx-fp32"]["rows_with_other_spans"] == 0
+    assert json.loads((tmp_path / "q.json").read_text())["reranker"]["queries"] == 3

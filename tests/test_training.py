@@ -434,3 +434,39 @@ def test_cli_quiet_silences_the_weight_loading_bar(
     assert loud.returncode == quiet.returncode == 0, (loud.stderr, quiet.stderr)
     assert "Loading weights" in loud.stderr
     assert "Loading weights" not in quiet.stderr
+
+
+def _recipe_module() -> Any:
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_starter_models.py"
+    spec = importlib.util.spec_from_file_location("train_starter_models", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_recipe_caps_lists_with_known_positives_first() -> None:
+    """``cap_lists``: positives first, the rest sampled in list order, short lists untouched."""
+    recipe = _recipe_module()
+    docs = [f"d{i}" for i in range(10)]
+    lists = [
+        {"query": "q0", "documents": docs, "labels": [float(i in (7, 2)) for i in range(10)]},
+        {"query": "q1", "documents": docs[:3], "labels": [1.0, 0.0, 0.0]},
+        {"query": "q2", "documents": docs, "labels": [1.0] * 6 + [0.0] * 4},
+        {"query": "q3", "documents": docs, "labels": [0.0] * 10},
+    ]
+    original = json.dumps(lists)
+    capped = recipe.cap_lists(lists, None, 4, seed=1)
+    assert json.dumps(lists) == original  # the caller's lists are not changed
+    first = capped[0]
+    assert len(first["documents"]) == 4 and {"d2", "d7"} <= set(first["documents"])
+    assert first["documents"] == sorted(first["documents"], key=docs.index)  # list order
+    assert [first["labels"][first["documents"].index(d)] for d in ("d2", "d7")] == [1.0, 1.0]
+    assert sum(first["labels"]) == 2
+    assert capped[1] == lists[1]  # already short
+    assert capped[2]["documents"] == docs[:4] and capped[2]["labels"] == [1.0] * 4
+    assert len(capped[3]["documents"]) == 4 and sum(capped[3]["labels"]) == 0
+    assert recipe.cap_lists(lists, 2, None, seed=1) == lists[:2]  # no size: only the count
+    assert recipe.cap_lists(lists, None, 4, seed=1) == capped  # seeded

@@ -2,7 +2,8 @@
 
 * :mod:`~crag_integrations.evaluation.metrics`: ranking (``trec_eval`` conventions),
   classification and evidence-span metrics (the acl-verbatim harness's conventions: all rows,
-  and relevant rows beside them), pure Python over plain lists.
+  and relevant rows beside them), and the agreement of two systems (Kendall's tau, a paired
+  bootstrap interval), pure Python over plain lists.
 * :mod:`~crag_integrations.evaluation.datasets`: TREC DL, XQuAD, WikiQA and SciFact loaders
   (``$CRAG_DATA_DIR``), and the reader of your own rows that training shares.
 * :mod:`~crag_integrations.evaluation.checkpoints`: run a checkpoint through the roles and
@@ -45,7 +46,9 @@ from crag_integrations.evaluation.metrics import (
     classification_metrics,
     dcg_at_k,
     evaluate_ranking,
+    kendall_tau,
     ndcg_at_k,
+    paired_bootstrap_interval,
     rank_by_scores,
     reciprocal_rank_at_k,
     span_metrics,
@@ -67,11 +70,13 @@ __all__ = [
     "classification_metrics",
     "dcg_at_k",
     "evaluate_ranking",
+    "kendall_tau",
     "load_scifact",
     "load_trec_dl",
     "load_wikiqa",
     "load_xquad",
     "ndcg_at_k",
+    "paired_bootstrap_interval",
     "rank_by_scores",
     "reciprocal_rank_at_k",
     "resolve_data_dir",

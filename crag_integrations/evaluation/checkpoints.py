@@ -9,8 +9,10 @@ and all calls are in flight at once, so the engine still packs pairs of differen
 into shared forward passes.
 
 The roles run on an :class:`~crag_integrations.EngineConfig` built from the arguments
-(``device``, ``max_length``, ``stride``, a token budget of ``batch_size x max_length``) with
-the score cache off: every pair is scored once, so caching would only hold memory.
+(``device``, ``max_length``, ``stride``, a token budget of ``batch_size x max_length``,
+``backend`` and ``quantize``) with the score cache off: every pair is scored once, so caching
+would only hold memory. ``backend="onnx", quantize="int8"`` measures what the int8 mode costs a
+checkpoint before it is served that way (``benchmarks/onnx_quality.py``).
 
 Nothing here imports a model library: the roles (through the engine) do the model work.
 Bi-encoders are no role; they are measured by
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from crag_integrations.by_query import per_query
-from crag_integrations.config import EngineConfig
+from crag_integrations.config import Backend, EngineConfig, Quantize
 from crag_integrations.errors import IncompatibleModelError
 from crag_integrations.evaluation.datasets import (
     DataSource,
@@ -77,11 +79,15 @@ def _engine_config(
     max_length: int | None,
     batch_size: int,
     stride: int = 128,
+    backend: Backend = "torch",
+    quantize: Quantize | None = None,
 ) -> EngineConfig:
-    """The engine the roles run on: the caller's device, windows and batch size, no cache."""
+    """The engine the roles run on: the caller's device, windows, batch size and back-end."""
     return EngineConfig(
         model=str(model_path),
         device=device or "auto",
+        backend=backend,
+        quantize=quantize,
         max_length=max_length,
         stride=stride,
         token_budget=batch_size * max_length if max_length is not None else None,
@@ -97,6 +103,8 @@ def score_pairs(
     batch_size: int = 64,
     max_length: int | None = None,
     device: str | None = None,
+    backend: Backend = "torch",
+    quantize: Quantize | None = None,
     show_progress: bool = False,
 ) -> list[float]:
     """Relevance logits of a one-logit cross-encoder for (query, document) pairs, in order.
@@ -112,6 +120,8 @@ def score_pairs(
             with ``max_length=None`` the engine's default token budget applies.
         max_length: Tokens per window (``None``: the model's limit, as the roles).
         device: ``"cpu"``, ``"cuda"``...; defaults to the engine's automatic choice.
+        backend: ``"torch"`` or ``"onnx"`` (see :class:`~crag_integrations.EngineConfig`).
+        quantize: ``"int8"`` with ``backend="onnx"``: the dynamically quantised graph.
         show_progress: Print how many pairs are being scored.
 
     Returns:
@@ -123,7 +133,14 @@ def score_pairs(
         ValueError: A query is blank, or ``queries`` and ``documents`` differ in length.
     """
     pairs = list(zip(queries, documents, strict=True))
-    config = _engine_config(model_path, device=device, max_length=max_length, batch_size=batch_size)
+    config = _engine_config(
+        model_path,
+        device=device,
+        max_length=max_length,
+        batch_size=batch_size,
+        backend=backend,
+        quantize=quantize,
+    )
     reranker = Reranker(model=config)
     if show_progress:
         print(f"scoring {len(pairs)} pairs with {model_path}", file=sys.stderr)
@@ -145,6 +162,8 @@ def predict_labels(
     batch_size: int = 64,
     max_length: int | None = None,
     device: str | None = None,
+    backend: Backend = "torch",
+    quantize: Quantize | None = None,
     show_progress: bool = False,
 ) -> list[str]:
     """The label :class:`~crag_integrations.RelevanceGrader` gives each (query, document) pair.
@@ -164,6 +183,8 @@ def predict_labels(
             with ``max_length=None`` the engine's default token budget applies.
         max_length: Tokens per window (``None``: the model's limit, as the roles).
         device: Device; defaults to the engine's automatic choice.
+        backend: ``"torch"`` or ``"onnx"`` (see :class:`~crag_integrations.EngineConfig`).
+        quantize: ``"int8"`` with ``backend="onnx"``: the dynamically quantised graph.
         show_progress: Print how many pairs are being graded.
 
     Returns:
@@ -181,6 +202,8 @@ def predict_labels(
         batch_size=batch_size,
         max_length=max_length,
         device=device,
+        backend=backend,
+        quantize=quantize,
         show_progress=show_progress,
     )
     return [grade.label for grade in grades]
@@ -195,11 +218,20 @@ def _grades(
     batch_size: int,
     max_length: int | None,
     device: str | None,
+    backend: Backend,
+    quantize: Quantize | None,
     show_progress: bool,
 ) -> list[Grade]:
     """:meth:`RelevanceGrader.grade <crag_integrations.RelevanceGrader.grade>` of every pair."""
     pairs = list(zip(queries, documents, strict=True))
-    config = _engine_config(model_path, device=device, max_length=max_length, batch_size=batch_size)
+    config = _engine_config(
+        model_path,
+        device=device,
+        max_length=max_length,
+        batch_size=batch_size,
+        backend=backend,
+        quantize=quantize,
+    )
     grader = RelevanceGrader(
         model=config,
         relevant_labels=tuple(relevant_labels) if relevant_labels is not None else None,
@@ -221,6 +253,8 @@ def predict_spans(
     stride: int = 256,
     batch_size: int = 32,
     device: str | None = None,
+    backend: Backend = "torch",
+    quantize: Quantize | None = None,
     show_progress: bool = False,
 ) -> list[list[Span]]:
     """Evidence character spans of each context, exactly as ``EvidenceHighlighter`` finds them.
@@ -245,6 +279,8 @@ def predict_spans(
         batch_size: Windows of ``max_length`` tokens per forward pass (the token budget);
             with ``max_length=None`` the engine's default token budget applies.
         device: Device; defaults to the engine's automatic choice.
+        backend: ``"torch"`` or ``"onnx"`` (see :class:`~crag_integrations.EngineConfig`).
+        quantize: ``"int8"`` with ``backend="onnx"``: the dynamically quantised graph.
         show_progress: Print how many rows are being read.
 
     Returns:
@@ -252,7 +288,13 @@ def predict_spans(
     """
     pairs = list(zip(queries, contexts, strict=True))
     config = _engine_config(
-        model_path, device=device, max_length=max_length, batch_size=batch_size, stride=stride
+        model_path,
+        device=device,
+        max_length=max_length,
+        batch_size=batch_size,
+        stride=stride,
+        backend=backend,
+        quantize=quantize,
     )
     highlighter = EvidenceHighlighter(
         model=config,
@@ -283,6 +325,8 @@ def evaluate_reranker(
     max_length: int | None = None,
     batch_size: int = 64,
     device: str | None = None,
+    backend: Backend = "torch",
+    quantize: Quantize | None = None,
     show_progress: bool = False,
 ) -> RankingMetrics:
     """Rerank each query's candidates with a cross-encoder and score the run.
@@ -297,6 +341,8 @@ def evaluate_reranker(
         batch_size: Windows of ``max_length`` tokens per forward pass (the token budget);
             with ``max_length=None`` the engine's default token budget applies.
         device: Device; defaults to the engine's automatic choice.
+        backend: ``"torch"`` or ``"onnx"`` (see :class:`~crag_integrations.EngineConfig`).
+        quantize: ``"int8"`` with ``backend="onnx"``: the dynamically quantised graph.
         show_progress: Print how many pairs are being scored.
 
     Returns:
@@ -314,6 +360,8 @@ def evaluate_reranker(
         batch_size=batch_size,
         max_length=max_length,
         device=device,
+        backend=backend,
+        quantize=quantize,
         show_progress=show_progress,
     )
     return evaluate_ranking(
@@ -333,6 +381,8 @@ def evaluate_grader(
     max_length: int | None = None,
     batch_size: int = 64,
     device: str | None = None,
+    backend: Backend = "torch",
+    quantize: Quantize | None = None,
     show_progress: bool = False,
 ) -> ClassificationMetrics:
     """Grade labelled pairs with :func:`predict_labels` and compute classification metrics.
@@ -355,6 +405,8 @@ def evaluate_grader(
         batch_size: Windows of ``max_length`` tokens per forward pass (the token budget);
             with ``max_length=None`` the engine's default token budget applies.
         device: Device; defaults to the engine's automatic choice.
+        backend: ``"torch"`` or ``"onnx"`` (see :class:`~crag_integrations.EngineConfig`).
+        quantize: ``"int8"`` with ``backend="onnx"``: the dynamically quantised graph.
         show_progress: Print how many pairs are being graded.
 
     Returns:
@@ -375,6 +427,8 @@ def evaluate_grader(
         batch_size=batch_size,
         max_length=max_length,
         device=device,
+        backend=backend,
+        quantize=quantize,
         show_progress=show_progress,
     )
     if names is None or len(names) == 1:
@@ -426,6 +480,8 @@ def evaluate_highlighter(
     max_length: int | None = None,
     stride: int = 128,
     device: str | None = None,
+    backend: Backend = "torch",
+    quantize: Quantize | None = None,
     show_progress: bool = False,
 ) -> SpanMetrics:
     """Run a highlighter over rows with gold spans and compute the span metrics.
@@ -450,6 +506,8 @@ def evaluate_highlighter(
         max_length: Tokens per window (``None``: the model's limit, as the highlighter).
         stride: Overlapping tokens between windows.
         device: Device; defaults to the engine's automatic choice.
+        backend: ``"torch"`` or ``"onnx"`` (see :class:`~crag_integrations.EngineConfig`).
+        quantize: ``"int8"`` with ``backend="onnx"``: the dynamically quantised graph.
         show_progress: Print how many rows are being read.
 
     Returns:
@@ -468,6 +526,8 @@ def evaluate_highlighter(
         max_length=max_length,
         stride=stride,
         device=device,
+        backend=backend,
+        quantize=quantize,
         show_progress=show_progress,
     )
     examples = [

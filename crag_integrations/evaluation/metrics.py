@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import operator
+import random
 import re
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +53,9 @@ __all__ = [
     "classification_metrics",
     "dcg_at_k",
     "evaluate_ranking",
+    "kendall_tau",
     "ndcg_at_k",
+    "paired_bootstrap_interval",
     "rank_by_scores",
     "rank_candidates",
     "reciprocal_rank_at_k",
@@ -61,6 +64,105 @@ __all__ = [
 
 #: A half-open ``(start, end)`` character range.
 Span = tuple[int, int]
+
+# --------------------------------------------------------------------------------------
+# Agreement between two systems
+# --------------------------------------------------------------------------------------
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b between two score lists of the same items (ties corrected).
+
+    The rank agreement of two scorings of one candidate list: 1 when they order every pair
+    of items the same way, -1 when they reverse every pair. Ties count as in
+    ``scipy.stats.kendalltau`` (variant ``"b"``); a list whose scores are all equal orders
+    nothing, so its tau is undefined and ``nan`` is returned.
+
+    Args:
+        x: Scores of the items by one system.
+        y: Scores of the same items, in the same order, by the other.
+
+    Returns:
+        tau-b in [-1, 1], or ``nan`` when either list has no untied pair.
+
+    Raises:
+        ValueError: The lists differ in length, have fewer than two items or hold a NaN.
+
+    Example:
+        >>> kendall_tau([1.0, 2.0, 3.0], [10.0, 30.0, 20.0])
+        0.3333333333333333
+    """
+    if len(x) != len(y):
+        raise ValueError(f"kendall_tau needs lists of one length, got {len(x)} and {len(y)}")
+    if len(x) < 2:
+        raise ValueError(f"kendall_tau needs at least two items, got {len(x)}")
+    if any(math.isnan(v) for v in (*x, *y)):
+        raise ValueError("kendall_tau got a NaN score; rank agreement is undefined for it")
+    concordant = discordant = ties_x = ties_y = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            tied_x, tied_y = x[i] == x[j], y[i] == y[j]  # compared, not subtracted: inf - inf
+            if tied_x and tied_y:
+                continue  # tied in both: in neither denominator term
+            if tied_x:
+                ties_x += 1
+            elif tied_y:
+                ties_y += 1
+            elif (x[i] > x[j]) == (y[i] > y[j]):
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
+    return (concordant - discordant) / denominator if denominator else math.nan
+
+
+def paired_bootstrap_interval(
+    differences: Sequence[float],
+    *,
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of paired differences.
+
+    Resamples the items (queries, rows) with replacement and returns the interval holding
+    ``confidence`` of the resampled means: the noise band of a per-query difference between two
+    systems measured on the same items. An interval that excludes 0 is a difference the
+    sample supports; one that includes 0 is within noise.
+
+    Args:
+        differences: One paired difference per item (e.g. per-query nDCG@10 of B minus A).
+        confidence: Share of resampled means inside the interval, in (0, 1).
+        resamples: Bootstrap resamples.
+        seed: Seed of the resampling, so a report can be reproduced.
+
+    Returns:
+        ``(low, high)``.
+
+    Raises:
+        ValueError: No differences, a NaN among them, a confidence outside (0, 1) or fewer
+            than one resample.
+
+    Example:
+        >>> paired_bootstrap_interval([0.5, 0.5, 0.5])
+        (0.5, 0.5)
+    """
+    if not differences:
+        raise ValueError("paired_bootstrap_interval needs at least one difference")
+    if any(math.isnan(d) for d in differences):
+        raise ValueError("paired_bootstrap_interval got a NaN difference")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    rng = random.Random(seed)
+    n = len(differences)
+    means = sorted(sum(rng.choices(differences, k=n)) / n for _ in range(resamples))
+    tail = (1 - confidence) / 2
+    low = means[math.floor(tail * (resamples - 1))]
+    high = means[math.ceil((1 - tail) * (resamples - 1))]
+    return low, high
+
 
 # --------------------------------------------------------------------------------------
 # Ranking
