@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from crag_integrations.evaluation import (
     SpanExample,
     average_precision,
+    bootstrap_interval,
     classification_metrics,
     dcg_at_k,
     evaluate_ranking,
@@ -31,6 +32,7 @@ from crag_integrations.evaluation import (
     resolve_data_dir,
     sentence_spans,
     span_metrics,
+    span_word_counts,
 )
 from crag_integrations.scoring import sentence_ranges
 
@@ -388,6 +390,35 @@ def test_paired_bootstrap_interval_brackets_the_mean_and_is_reproducible() -> No
     assert paired_bootstrap_interval([0.01 + 0.001 * i for i in range(30)])[0] > 0
 
 
+def test_bootstrap_interval_of_the_mean_is_the_paired_interval() -> None:
+    diffs = [0.1, -0.05, 0.02, 0.0, 0.3, -0.2, 0.07]
+    mean = bootstrap_interval(len(diffs), lambda at: sum(diffs[i] for i in at) / len(diffs))
+    assert mean == paired_bootstrap_interval(diffs)
+    # Any statistic: the share of positive items, over resampled positions.
+    low, high = bootstrap_interval(
+        len(diffs), lambda at: sum(diffs[i] > 0 for i in at) / len(at), resamples=500, seed=2
+    )
+    assert 0 <= low <= 4 / 7 <= high <= 1
+    with pytest.raises(ValueError, match="at least one item"):
+        bootstrap_interval(0, lambda at: 0.0)
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_interval(3, lambda at: 0.0, confidence=0.0)
+
+
+def test_span_word_counts_are_what_span_metrics_sums() -> None:
+    rows = [
+        SpanExample("the cat sat on the mat", [(4, 11)], [(4, 7), (15, 22)]),
+        SpanExample("nothing relevant here", [], [(0, 7)]),
+        SpanExample("gold only", [(0, 9)], []),
+    ]
+    counts = [span_word_counts(r.context, r.gold, r.predicted) for r in rows]
+    assert counts == [(1, 2, 1), (0, 1, 0), (0, 0, 2)]  # cat | the, mat | sat
+    tp, fp, fn = (sum(c[k] for c in counts) for k in range(3))
+    result = span_metrics(rows)
+    assert result.word_precision == pytest.approx(tp / (tp + fp))
+    assert result.word_recall == pytest.approx(tp / (tp + fn))
+
+
 def test_paired_bootstrap_interval_refuses_what_it_cannot_resample() -> None:
     with pytest.raises(ValueError, match="at least one"):
         paired_bootstrap_interval([])
@@ -410,7 +441,7 @@ def test_evaluation_imports_no_torch_and_keeps_its_public_names() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert out == ["none", "27", "True"]
+    assert out == ["none", "29", "True"]
 
 
 def test_resolve_data_dir_explains_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:

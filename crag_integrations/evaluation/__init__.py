@@ -2,8 +2,8 @@
 
 * :mod:`~crag_integrations.evaluation.metrics`: ranking (``trec_eval`` conventions),
   classification and evidence-span metrics (the acl-verbatim harness's conventions: all rows,
-  and relevant rows beside them), and the agreement of two systems (Kendall's tau, a paired
-  bootstrap interval), pure Python over plain lists.
+  and relevant rows beside them), and the agreement of two systems (Kendall's tau, bootstrap
+  intervals), pure Python over plain lists.
 * :mod:`~crag_integrations.evaluation.datasets`: TREC DL, XQuAD, WikiQA and SciFact loaders
   (``$CRAG_DATA_DIR``), and the reader of your own rows that training shares.
 * :mod:`~crag_integrations.evaluation.checkpoints`: run a checkpoint through the roles and
@@ -43,6 +43,7 @@ from crag_integrations.evaluation.metrics import (
     SpanMetrics,
     SpanScores,
     average_precision,
+    bootstrap_interval,
     classification_metrics,
     dcg_at_k,
     evaluate_ranking,
@@ -52,6 +53,7 @@ from crag_integrations.evaluation.metrics import (
     rank_by_scores,
     reciprocal_rank_at_k,
     span_metrics,
+    span_word_counts,
 )
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "WikiQARow",
     "XQuADQuestion",
     "average_precision",
+    "bootstrap_interval",
     "classification_metrics",
     "dcg_at_k",
     "evaluate_ranking",
@@ -82,4 +85,5 @@ __all__ = [
     "resolve_data_dir",
     "sentence_spans",
     "span_metrics",
+    "span_word_counts",
 ]

@@ -36,7 +36,7 @@ import math
 import operator
 import random
 import re
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from crag_integrations.evaluation.datasets import RankingQuery
@@ -50,6 +50,7 @@ __all__ = [
     "SpanMetrics",
     "SpanScores",
     "average_precision",
+    "bootstrap_interval",
     "classification_metrics",
     "dcg_at_k",
     "evaluate_ranking",
@@ -60,6 +61,7 @@ __all__ = [
     "rank_candidates",
     "reciprocal_rank_at_k",
     "span_metrics",
+    "span_word_counts",
 ]
 
 #: A half-open ``(start, end)`` character range.
@@ -151,16 +153,60 @@ def paired_bootstrap_interval(
         raise ValueError("paired_bootstrap_interval needs at least one difference")
     if any(math.isnan(d) for d in differences):
         raise ValueError("paired_bootstrap_interval got a NaN difference")
+    n = len(differences)
+    return bootstrap_interval(
+        n,
+        lambda rows: sum(differences[i] for i in rows) / n,
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
+    )
+
+
+def bootstrap_interval(
+    size: int,
+    statistic: Callable[[Sequence[int]], float],
+    *,
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of any statistic of ``size`` items.
+
+    ``statistic`` gets the positions of one resample (``size`` positions drawn with
+    replacement) and returns its value, e.g. the MCC or word-F1 difference of two systems
+    over those rows; the interval holds ``confidence`` of the resampled values.
+    :func:`paired_bootstrap_interval` is this with the mean of the differences.
+
+    Args:
+        size: Number of items.
+        statistic: Value of the statistic over the items at the given positions.
+        confidence: Share of resampled values inside the interval, in (0, 1).
+        resamples: Bootstrap resamples.
+        seed: Seed of the resampling, so a report can be reproduced.
+
+    Returns:
+        ``(low, high)``.
+
+    Raises:
+        ValueError: No items, a confidence outside (0, 1) or fewer than one resample.
+
+    Example:
+        >>> bootstrap_interval(4, lambda rows: 1.0)
+        (1.0, 1.0)
+    """
+    if size < 1:
+        raise ValueError(f"bootstrap_interval needs at least one item, got {size}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, got {resamples}")
     rng = random.Random(seed)
-    n = len(differences)
-    means = sorted(sum(rng.choices(differences, k=n)) / n for _ in range(resamples))
+    positions = range(size)
+    values = sorted(statistic(rng.choices(positions, k=size)) for _ in range(resamples))
     tail = (1 - confidence) / 2
-    low = means[math.floor(tail * (resamples - 1))]
-    high = means[math.ceil((1 - tail) * (resamples - 1))]
+    low = values[math.floor(tail * (resamples - 1))]
+    high = values[math.ceil((1 - tail) * (resamples - 1))]
     return low, high
 
 
@@ -784,6 +830,31 @@ class _Tally:
         )
 
 
+def span_word_counts(
+    context: str, gold: Sequence[Span], predicted: Sequence[Span]
+) -> tuple[int, int, int]:
+    """One row's word counts ``(tp, fp, fn)``, as :func:`span_metrics` sums them.
+
+    A word (maximal run of non-whitespace) is gold when a gold span overlaps it and
+    predicted when a predicted span does; word precision, recall and F1 are these counts
+    summed over rows. Per-row counts let a caller resample rows cheaply (e.g. with
+    :func:`bootstrap_interval`).
+
+    Example:
+        >>> span_word_counts("the cat sat", [(4, 7)], [(4, 11)])
+        (1, 1, 0)
+    """
+    tp = fp = fn = 0
+    for match in _WORD.finditer(context):
+        word = (match.start(), match.end())
+        in_gold = any(_overlap(word, g) > 0 for g in gold)
+        in_pred = any(_overlap(word, p) > 0 for p in predicted)
+        tp += in_gold and in_pred
+        fp += in_pred and not in_gold
+        fn += in_gold and not in_pred
+    return tp, fp, fn
+
+
 def _row_tally(
     context: str, gold: Sequence[Span], predicted: Sequence[Span], thresholds: _Thresholds
 ) -> _Tally:
@@ -791,13 +862,7 @@ def _row_tally(
     tally.rows = 1
     tally.gold = len(gold)
     tally.predicted = len(predicted)
-    for match in _WORD.finditer(context):
-        word = (match.start(), match.end())
-        in_gold = any(_overlap(word, g) > 0 for g in gold)
-        in_pred = any(_overlap(word, p) > 0 for p in predicted)
-        tally.word_tp += in_gold and in_pred
-        tally.word_fp += in_pred and not in_gold
-        tally.word_fn += in_gold and not in_pred
+    tally.word_tp, tally.word_fp, tally.word_fn = span_word_counts(context, gold, predicted)
     pairs = sorted(
         ((_iou(p, g), i, j) for i, p in enumerate(predicted) for j, g in enumerate(gold)),
         reverse=True,
