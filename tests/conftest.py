@@ -6,9 +6,11 @@ path a hub model takes (``from_pretrained`` on a directory). Nothing is download
 
 from __future__ import annotations
 
+import importlib.util
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -62,6 +64,22 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             root / f"{arch}-token", architecture=arch, head="token", num_labels=2, seed=seed + 30
         )
     return built
+
+
+@pytest.fixture(scope="session")
+def repo_script() -> Callable[[str], ModuleType]:
+    """Load a script of the repository (``"benchmarks/run.py"``) as a module, to call its
+    functions; each call executes the file afresh."""
+    root = Path(__file__).resolve().parents[1]
+
+    def load(relative: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(Path(relative).stem, root / relative)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -317,19 +317,9 @@ def test_release_answers_every_waiting_caller(reranker_path: str) -> None:
         engine.score_pairs(_request_pairs(0))
 
 
-def _benchmark_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "bench_run", Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_padding_ceiling_matches_hand_computed_flops() -> None:
+def test_padding_ceiling_matches_hand_computed_flops(repo_script: Callable[[str], Any]) -> None:
     """Peers pad each char-sorted batch to its longest pair; the engine packs by budget."""
-    bench = _benchmark_module()
+    bench = repo_script("benchmarks/run.py")
     # flops(L) = 2 * L with linear_params=1 and no attention term.
     sizes = {"linear_params": 1, "layers": 0, "hidden": 0}
     call = [(10, 10), (100, 100)]  # (characters, tokens)
@@ -359,9 +349,11 @@ def test_engine_token_budget_reports_the_budget_in_effect(checkpoints: dict[str,
     assert get_engine(path, device="cpu", token_budget=512).token_budget == 512
 
 
-def test_benchmark_smoke_runs_every_peer_on_a_tiny_model(tmp_path: Path) -> None:
+def test_benchmark_smoke_runs_every_peer_on_a_tiny_model(
+    tmp_path: Path, repo_script: Callable[[str], Any]
+) -> None:
     """The benchmark's code path runs end to end (tiny model, tiny workload) and reports."""
-    module = _benchmark_module()
+    module = repo_script("benchmarks/run.py")
     report = module.main(["--smoke", "--out", str(tmp_path / "bench.json")])
     assert (tmp_path / "bench.json").exists()
     names = {row["system"] for row in report["throughput"]}
@@ -371,15 +363,11 @@ def test_benchmark_smoke_runs_every_peer_on_a_tiny_model(tmp_path: Path) -> None
     assert report["padding_ceiling"]["tiny"]["st_vs_exact_flops"] >= 1.0
 
 
-def test_load_benchmark_smoke_runs_both_systems_at_every_concurrency(tmp_path: Path) -> None:
+def test_load_benchmark_smoke_runs_both_systems_at_every_concurrency(
+    tmp_path: Path, repo_script: Callable[[str], Any]
+) -> None:
     """benchmarks/load.py runs end to end on a tiny model and reports every row."""
-    spec = importlib.util.spec_from_file_location(
-        "bench_load", Path(__file__).resolve().parents[1] / "benchmarks" / "load.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = repo_script("benchmarks/load.py")
     report = module.main(["--smoke", "--out", str(tmp_path / "load.json")])
     assert (tmp_path / "load.json").exists()
     rows = {(row["callers"], row["system"]) for row in report["rows"]}

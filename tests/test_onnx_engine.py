@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -718,18 +718,15 @@ DATA_DIR = Path(
     reason=f"shared evaluation data not found at {DATA_DIR} (set CRAG_DATA_DIR)",
 )
 def test_the_int8_quality_study_runs_end_to_end_on_tiny_checkpoints(
-    tiny: dict[str, str], tmp_path: Path, released: None
+    tiny: dict[str, str],
+    tmp_path: Path,
+    released: None,
+    repo_script: Callable[[str], Any],
 ) -> None:
     """benchmarks/onnx_quality.py --quick: every role, every system, fp32 ONNX equal to torch."""
-    import importlib.util
-
     from crag_integrations.testing import save_tiny_checkpoint
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "onnx_quality.py"
-    spec = importlib.util.spec_from_file_location("onnx_quality", script)
-    assert spec is not None and spec.loader is not None
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = repo_script("benchmarks/onnx_quality.py")
     grader = save_tiny_checkpoint(
         tmp_path / "grader", num_labels=2, id2label={0: "0", 1: "1"}, seed=3
     )  # the recipe's rows are labelled 0 / 1

@@ -8,6 +8,7 @@ import inspect
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -436,20 +437,11 @@ def test_cli_quiet_silences_the_weight_loading_bar(
     assert "Loading weights" not in quiet.stderr
 
 
-def _recipe_module() -> Any:
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "train_starter_models.py"
-    spec = importlib.util.spec_from_file_location("train_starter_models", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_recipe_caps_lists_with_known_positives_first() -> None:
+def test_the_recipe_caps_lists_with_known_positives_first(
+    repo_script: Callable[[str], Any],
+) -> None:
     """``cap_lists``: positives first, the rest sampled in list order, short lists untouched."""
-    recipe = _recipe_module()
+    recipe = repo_script("scripts/train_starter_models.py")
     docs = [f"d{i}" for i in range(10)]
     lists = [
         {"query": "q0", "documents": docs, "labels": [float(i in (7, 2)) for i in range(10)]},
